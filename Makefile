@@ -1,0 +1,42 @@
+# RunLedger: the single entry point. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := test
+.PHONY: venv lint test bench clean distclean
+
+## venv: create .venv and install the project with its dev extras (again only when pyproject.toml changed)
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+## lint: ruff and mypy (strict) over the whole repository
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## test: lint, then the whole test suite (starts and stops its own broker)
+test: venv lint
+	$(BIN)/python -m pytest -q
+
+## bench: run every bench/bench_*.py
+bench: venv
+	@set -e; for script in bench/bench_*.py; do \
+		[ -e "$$script" ] || { echo "no benchmarks in bench/"; break; }; \
+		echo "== $$script"; $(BIN)/python "$$script"; \
+	done
+
+## clean: remove build artefacts and tool caches (keeps .venv)
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+## distclean: clean, and remove .venv too
+distclean: clean
+	rm -rf $(VENV)

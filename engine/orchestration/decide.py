@@ -1,0 +1,433 @@
+"""decide(view, command, now) -> events: the ledger's pure decision function.
+
+Given the current view of a flow run, a command and the time, return the facts
+to append. Nothing here raises on bad input: an illegal proposal becomes a
+TransitionRejected fact with the reason. Each emitted fact is folded into a
+working view at once (`evolve`), so later decisions of the same command see
+the earlier ones -- and so decide can never emit what evolve would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.orchestration import states as blobs
+from engine.orchestration.dispatch import attempt_of, child_ready, is_due, parent_ready, work_item
+from engine.orchestration.evolve import apply_in_place, copy_view
+from engine.orchestration.rules import (
+    FAILED,
+    FINISHED,
+    RUNNING,
+    SUCCESSFUL,
+    allowed,
+    allowed_manually,
+)
+from engine.orchestration.view import FlowRunView, TaskRunRecord
+from events import (
+    CancelRequested,
+    Cause,
+    Command,
+    Event,
+    FlowRunCreated,
+    FlowRunTransitioned,
+    HeartbeatRecorded,
+    HeartbeatSent,
+    ResumeRequested,
+    RunRequested,
+    SchedulerTicked,
+    SetStateRequested,
+    TaskRunTransitioned,
+    TransitionProposed,
+    TransitionRejected,
+    WorkDispatched,
+)
+from events.fast import construct
+
+
+@dataclass
+class _Decision:
+    view: FlowRunView
+    command: Command
+    now: datetime
+    events: list[Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # One private working copy per command: each fact is folded into it in place.
+        self.view = copy_view(self.view)
+        self.cause = construct(
+            Cause, command_id=self.command.event_id, worker=self.command.cause.worker
+        )
+
+    def emit(self, cls: type[Event], **fields: Any) -> None:
+        event = construct(
+            cls,
+            event_id=f"{self.command.event_id}/{len(self.events)}",
+            flow_run_id=self.view.flow_run_id,
+            occurred_at=self.now,
+            cause=self.cause,
+            **fields,
+        )
+        apply_in_place(self.view, event)
+        self.events.append(event)
+
+    def reject(
+        self, reason: str, task_run_id: str | None = None, proposed: dict[str, Any] | None = None
+    ) -> None:
+        self.emit(
+            TransitionRejected,
+            task_run_id=task_run_id,
+            command_id=self.command.event_id,
+            command_type=self.command.type,
+            reason=reason,
+            proposed=proposed,
+        )
+
+    def move(
+        self,
+        record: TaskRunRecord | None,
+        slug: str,
+        map_index: int | None,
+        state: dict[str, Any],
+        final: bool = True,
+        attempt: int | None = None,
+    ) -> None:
+        self.emit(
+            TaskRunTransitioned,
+            task_run_id=self.view.run_id(slug, map_index),
+            task_slug=slug,
+            map_index=map_index,
+            seq=(record.seq if record else 0) + 1,
+            state=state,
+            previous=record.state_type if record else None,
+            attempt=attempt if attempt is not None else (record.attempt if record else 1),
+            final=final,
+        )
+
+    def move_flow(self, state: dict[str, Any]) -> None:
+        self.emit(
+            FlowRunTransitioned,
+            seq=self.view.flow_seq + 1,
+            state=state,
+            previous=self.view.flow_state_type,
+        )
+
+
+def decide(view: FlowRunView, command: Command, now: datetime) -> list[Event]:
+    """The facts that answer `command`, given `view` at time `now`."""
+    return decide_and_evolve(view, command, now)[1]
+
+
+def decide_and_evolve(
+    view: FlowRunView, command: Command, now: datetime
+) -> tuple[FlowRunView, list[Event]]:
+    """`decide`, plus the view with its facts already folded in (what shells keep)."""
+    if command.event_id in view.processed_commands:
+        return view, []  # a redelivered command changes nothing
+    decision = _Decision(view, command, now)
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        decision.reject(f"the ledger does not handle {command.type!r} commands")
+    elif not view.created and not isinstance(command, RunRequested):
+        decision.reject(f"unknown flow run {view.flow_run_id}", command.task_run_id)
+    else:
+        handler(decision)
+    return decision.view, decision.events
+
+
+# ----- run requests ---------------------------------------------------------------------
+
+
+def _run_requested(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, RunRequested)
+    if d.view.created:
+        return  # same flow run id (e.g. the same idempotency key): nothing new
+    if command.plan is None:
+        d.reject("the run request carries no flow plan (the ledger shell resolves flow_ref)")
+        return
+    d.emit(
+        FlowRunCreated,
+        flow_ref=command.flow_ref,
+        parameters=command.parameters,
+        plan=command.plan,
+        idempotency_key=command.idempotency_key,
+        context=command.context,
+    )
+    d.move_flow(blobs.FLOW_RUNNING)
+    for task in command.plan.tasks:
+        d.move(None, task.slug, None, blobs.PENDING)
+    for task in command.plan.tasks:
+        if task.kind == "constant":
+            d.move(d.view.record(task.slug), task.slug, None, blobs.constant_success(task.constant))
+    for task in command.plan.tasks:
+        _try_parent(d, task.slug)
+    _finish_flow_if_done(d)
+
+
+# ----- proposals from workers -------------------------------------------------------------
+
+
+def _transition_proposed(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, TransitionProposed)
+    record = d.view.task_runs.get(command.task_run_id)
+    state: Any = command.state  # validated below: decide never trusts a proposal
+    new_type = state.get("type") if isinstance(state, dict) else None
+    if record is None:
+        d.reject(f"unknown task run {command.task_run_id}", command.task_run_id, command.state)
+        return
+    if record.state_type == "Cancelling":
+        d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
+        _finish_flow_if_done(d)
+        return
+    problem = _proposal_problem(d.view, record, command, new_type)
+    if problem is not None:
+        d.reject(problem, record.task_run_id, command.state)
+        return
+    d.move(
+        record,
+        record.slug,
+        record.map_index,
+        command.state,
+        final=command.final,
+        attempt=command.attempt,
+    )
+    if command.final:
+        _react(d, record.slug, record.map_index)
+
+
+def _proposal_problem(
+    view: FlowRunView, record: TaskRunRecord, command: TransitionProposed, new_type: str | None
+) -> str | None:
+    if view.is_finished():
+        return f"flow run {view.flow_run_id} is already {view.flow_state_type}"
+    if command.expected_seq != record.seq:
+        return (
+            f"stale proposal: it expected seq {command.expected_seq} but task run "
+            f"{record.task_run_id} is at seq {record.seq} ({record.state_type})"
+        )
+    problem = blobs.state_problem(command.state)
+    if problem is not None:
+        return problem
+    assert new_type is not None
+    if not allowed(record.state_type, new_type):
+        return f"illegal transition {record.state_type} -> {new_type}"
+    if new_type == "Running" and command.attempt != record.attempt:
+        return (
+            f"claim for attempt {command.attempt} but the ledger dispatched attempt "
+            f"{record.attempt}"
+        )
+    return None
+
+
+# ----- reactions ----------------------------------------------------------------------
+
+
+def _react(d: _Decision, slug: str, map_index: int | None) -> None:
+    """A task run came to rest: dispatch what it unblocks, finish the flow if done."""
+    record = d.view.record(slug, map_index)
+    assert record is not None
+    if record.rests_finished:
+        if map_index is None:
+            if record.state_type == "Mapped":
+                _expand_children(d, slug, int(record.state.get("n_map_states") or 0))
+            _after_parent_finished(d, slug)
+        else:
+            _after_child_finished(d, slug, map_index)
+    elif is_due(record, d.now) and record.state_type != "Pending":
+        _dispatch(d, record)
+    _finish_flow_if_done(d)
+
+
+def _expand_children(d: _Decision, slug: str, n: int) -> None:
+    for i in range(n):
+        d.move(None, slug, i, blobs.PENDING)
+    for i in range(n):
+        _try_child(d, slug, i)
+
+
+def _after_parent_finished(d: _Decision, slug: str) -> None:
+    assert d.view.index is not None
+    for downstream, _edge in d.view.index.downstream[slug]:
+        _try_parent(d, downstream)
+
+
+def _after_child_finished(d: _Decision, slug: str, index: int) -> None:
+    assert d.view.index is not None
+    for downstream, edge in d.view.index.downstream[slug]:
+        if edge.mapped and not edge.flattened and downstream in d.view.children:
+            _try_child(d, downstream, index)
+    if d.view.unfinished_children.get(slug, 0) == 0:
+        _after_parent_finished(d, slug)
+
+
+def _try_parent(d: _Decision, slug: str) -> None:
+    record = d.view.record(slug)
+    if record is not None and _dispatchable(d, record) and parent_ready(d.view, slug):
+        _dispatch(d, record)
+
+
+def _try_child(d: _Decision, slug: str, index: int) -> None:
+    record = d.view.record(slug, index)
+    if record is not None and _dispatchable(d, record) and child_ready(d.view, slug, index):
+        _dispatch(d, record)
+
+
+def _dispatchable(d: _Decision, record: TaskRunRecord) -> bool:
+    return d.view.flow_state_type == "Running" and is_due(record, d.now)
+
+
+def _dispatch(d: _Decision, record: TaskRunRecord) -> None:
+    attempt = attempt_of(record.state)
+    submitted = blobs.submitted(record.state)
+    d.move(record, record.slug, record.map_index, submitted, attempt=attempt)
+    current = d.view.task_runs[record.task_run_id]
+    d.emit(
+        WorkDispatched,
+        task_run_id=record.task_run_id,
+        task_slug=record.slug,
+        map_index=record.map_index,
+        seq=current.seq,
+        work=work_item(d.view, current, submitted, current.seq, attempt),
+    )
+
+
+def _finish_flow_if_done(d: _Decision) -> None:
+    view = d.view
+    if view.unfinished_runs:
+        return
+    if view.flow_state_type == "Cancelling":
+        d.move_flow(blobs.FLOW_CANCELLED)
+        return
+    if view.flow_state_type != "Running" or view.index is None:
+        return
+    types: list[str] = []
+    for task in view.index.plan.tasks:
+        if not task.is_reference:
+            continue
+        record = view.record(task.slug)
+        if record is not None and record.state_type == "Mapped":
+            types.extend(
+                view.record(task.slug, i).state_type  # type: ignore[union-attr]
+                for i in range(view.children.get(task.slug, 0))
+            )
+        elif record is not None:
+            types.append(record.state_type)
+    if any(t in FAILED for t in types):
+        d.move_flow(blobs.flow_failed())
+    elif all(t in SUCCESSFUL for t in types):
+        d.move_flow(blobs.flow_success("All reference tasks succeeded."))
+    else:
+        d.move_flow(blobs.flow_success("No reference tasks failed."))
+
+
+# ----- operator and scheduler commands ---------------------------------------------------
+
+
+def _cancel_requested(d: _Decision) -> None:
+    if d.view.flow_state_type != "Running":
+        d.reject(f"flow run {d.view.flow_run_id} is {d.view.flow_state_type}, not Running")
+        return
+    d.move_flow(blobs.FLOW_CANCELLING)
+    for record in list(d.view.task_runs.values()):
+        if record.state_type in RUNNING:
+            d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLING)
+        elif not record.rests_finished:
+            d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
+    _finish_flow_if_done(d)
+
+
+def _resume_requested(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, ResumeRequested)
+    record = d.view.task_runs.get(command.task_run_id)
+    if record is None or record.state_type != "Paused":
+        found = "unknown" if record is None else record.state_type
+        d.reject(
+            f"only a Paused task run can be resumed; {command.task_run_id} is {found}",
+            command.task_run_id,
+        )
+        return
+    d.move(record, record.slug, record.map_index, blobs.resume(record.state, d.now))
+    _react(d, record.slug, record.map_index)
+
+
+def _set_state_requested(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, SetStateRequested)
+    problem = blobs.state_problem(command.state)
+    if problem is not None:
+        d.reject(problem, command.task_run_id, command.state)
+        return
+    new_type = command.state["type"]
+    if command.task_run_id is None:
+        if new_type not in FINISHED or d.view.is_finished():
+            d.reject(
+                f"a flow run can only be set to a finished state while unfinished; "
+                f"it is {d.view.flow_state_type}, asked for {new_type}",
+                None,
+                command.state,
+            )
+        else:
+            d.move_flow(command.state)
+        return
+    record = d.view.task_runs.get(command.task_run_id)
+    if record is None or not allowed_manually(record.state_type, new_type):
+        found = "unknown" if record is None else record.state_type
+        d.reject(
+            f"cannot set task run {command.task_run_id} ({found}) to {new_type}",
+            command.task_run_id,
+            command.state,
+        )
+        return
+    d.move(record, record.slug, record.map_index, command.state)
+    _react(d, record.slug, record.map_index)
+    updated = d.view.task_runs[record.task_run_id]
+    if updated.state_type == "Pending":
+        (
+            _try_parent(d, record.slug)
+            if record.map_index is None
+            else _try_child(d, record.slug, record.map_index)
+        )
+
+
+def _scheduler_ticked(d: _Decision) -> None:
+    for run_id in list(d.view.scheduled.keys()):
+        record = d.view.task_runs.get(run_id)
+        if record is not None and _dispatchable(d, record):
+            _dispatch(d, record)
+    _finish_flow_if_done(d)
+
+
+def _heartbeat_sent(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, HeartbeatSent)
+    record = d.view.task_runs.get(command.task_run_id)
+    if record is None or record.state_type != "Running" or record.attempt != command.attempt:
+        d.reject(
+            f"heartbeat for attempt {command.attempt} of {command.task_run_id}, "
+            "which is not running that attempt",
+            command.task_run_id,
+        )
+        return
+    d.emit(
+        HeartbeatRecorded,
+        task_run_id=record.task_run_id,
+        task_slug=record.slug,
+        map_index=record.map_index,
+        attempt=command.attempt,
+    )
+
+
+_HANDLERS: dict[type[Command], Callable[[_Decision], None]] = {
+    RunRequested: _run_requested,
+    TransitionProposed: _transition_proposed,
+    CancelRequested: _cancel_requested,
+    ResumeRequested: _resume_requested,
+    SetStateRequested: _set_state_requested,
+    SchedulerTicked: _scheduler_ticked,
+    HeartbeatSent: _heartbeat_sent,
+}

@@ -1,0 +1,206 @@
+"""evolve(view, event) -> view: the one fold that rebuilds every view.
+
+The same function runs in the ledger service, replay tools, the local runner
+and the tests. Every task-run step is sequence-checked: `seq == current + 1`
+applies, `seq <= current` is a duplicate (at-least-once delivery) and is
+skipped, and a gap raises `SequenceGap` -- it is reported, never papered over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any
+
+from engine.orchestration.rules import RUNNING, SCHEDULED
+from engine.orchestration.view import FlowRunView, PlanIndex, TaskRunRecord
+from events import (
+    Event,
+    FlowRunCreated,
+    FlowRunTransitioned,
+    HeartbeatRecorded,
+    TaskRunTransitioned,
+    WorkDispatched,
+)
+
+Changes = dict[str, Any]
+_FIELDS = tuple(f.name for f in fields(FlowRunView))
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskRunRecord))
+_set = object.__setattr__
+_new = object.__new__
+
+
+class SequenceGap(ValueError):
+    """An event skipped sequence numbers: the ledger is missing something."""
+
+
+class ForeignEvent(ValueError):
+    """An event of another flow run was folded into this view."""
+
+
+def evolve(view: FlowRunView, event: Event) -> FlowRunView:
+    """Apply one ledger event to a flow-run view."""
+    work = copy_view(view)
+    apply_in_place(work, event)
+    return work
+
+
+def copy_view(view: FlowRunView) -> FlowRunView:
+    """A private copy that `apply_in_place` may change (its maps are persistent)."""
+    new = _new(FlowRunView)
+    for name in _FIELDS:
+        _set(new, name, getattr(view, name))
+    return new
+
+
+def apply_in_place(view: FlowRunView, event: Event) -> None:
+    """Apply `event` to a view copy that nobody else holds (see `copy_view`).
+
+    `decide` folds every fact it emits into one working copy this way, so a
+    command costs one copy of the view rather than one per fact.
+    """
+    if event.flow_run_id != view.flow_run_id:
+        raise ForeignEvent(
+            f"event {event.event_id} belongs to flow run {event.flow_run_id}, "
+            f"not {view.flow_run_id}"
+        )
+    changes: Changes = {"last_event_at": event.occurred_at}
+    command_id = event.cause.command_id
+    if command_id is not None and command_id not in view.processed_commands:
+        changes["processed_commands"] = view.processed_commands.set(command_id, None)
+    apply = _APPLY.get(type(event))
+    if apply is not None:
+        apply(view, event, changes)
+    # rejections and dead letters change no state, only the command log
+    for name, value in changes.items():
+        _set(view, name, value)
+
+
+def fold(
+    events: Iterable[Event], start: FlowRunView | None = None, flow_run_id: str | None = None
+) -> FlowRunView:
+    """Replay: fold `evolve` over events, from `start` or an empty view."""
+    view = start
+    for event in events:
+        if view is None:
+            view = FlowRunView(flow_run_id=flow_run_id or event.flow_run_id)
+        view = evolve(view, event)
+    if view is None:
+        if flow_run_id is None:
+            raise ValueError("fold of no events needs a flow_run_id")
+        view = FlowRunView(flow_run_id=flow_run_id)
+    return view
+
+
+def _record_with(record: TaskRunRecord, **changes: Any) -> TaskRunRecord:
+    new = _new(TaskRunRecord)
+    for name in _RECORD_FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(record, name))
+    return new
+
+
+def _check_seq(current: int, seq: int | None, what: str) -> bool:
+    """True to apply, False for a duplicate; raises on a gap."""
+    if seq is None:
+        raise SequenceGap(f"{what}: event has no seq")
+    if seq <= current:
+        return False
+    if seq != current + 1:
+        raise SequenceGap(f"{what}: expected seq {current + 1}, got {seq}")
+    return True
+
+
+def _flow_run_created(view: FlowRunView, event: Event, changes: Changes) -> None:
+    assert isinstance(event, FlowRunCreated)
+    if view.created:
+        return
+    changes.update(
+        flow_ref=event.flow_ref,
+        parameters=dict(event.parameters),
+        context=dict(event.context),
+        idempotency_key=event.idempotency_key,
+        index=PlanIndex.of(event.plan),
+        flow_state={"type": "Scheduled"},
+        flow_state_type="Scheduled",
+        flow_seq=1,
+    )
+
+
+def _flow_run_transitioned(view: FlowRunView, event: Event, changes: Changes) -> None:
+    assert isinstance(event, FlowRunTransitioned)
+    if _check_seq(view.flow_seq, event.seq, f"flow run {view.flow_run_id}"):
+        changes.update(
+            flow_state=event.state, flow_state_type=event.state["type"], flow_seq=view.flow_seq + 1
+        )
+
+
+def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) -> None:
+    assert isinstance(event, TaskRunTransitioned)
+    run_id, slug = event.task_run_id, event.task_slug
+    if run_id is None or slug is None:
+        raise ValueError(f"task_run_transitioned {event.event_id} lacks task_run_id/task_slug")
+    old = view.task_runs.get(run_id)
+    if not _check_seq(old.seq if old else 0, event.seq, f"task run {run_id}"):
+        return
+    new_type: str = event.state["type"]
+    record = TaskRunRecord(
+        task_run_id=run_id,
+        slug=slug,
+        map_index=event.map_index,
+        seq=event.seq or 0,
+        state=event.state,
+        state_type=new_type,
+        attempt=event.attempt,
+        final=event.final,
+        last_heartbeat=old.last_heartbeat if old else None,
+    )
+    was_finished = old is not None and old.rests_finished
+    now_finished = record.rests_finished
+    changes["task_runs"] = view.task_runs.set(run_id, record)
+    if old is None or was_finished != now_finished:
+        changes["unfinished_runs"] = view.unfinished_runs + (
+            (0 if now_finished else 1) if old is None else (1 if was_finished else -1)
+        )
+    if event.map_index is None:
+        if new_type == "Mapped":
+            n = int(event.state.get("n_map_states") or 0)
+            changes["children"] = view.children.set(slug, n)
+            changes["unfinished_children"] = view.unfinished_children.set(slug, n)
+    elif old is not None and was_finished != now_finished:
+        left = view.unfinished_children.get(slug, 0) + (1 if was_finished else -1)
+        changes["unfinished_children"] = view.unfinished_children.set(slug, left)
+    start = event.state.get("start_time") if new_type in SCHEDULED else None
+    if start is not None:
+        changes["scheduled"] = view.scheduled.set(run_id, start)
+    elif run_id in view.scheduled:
+        changes["scheduled"] = view.scheduled.delete(run_id)
+    if new_type in RUNNING:
+        changes["running"] = view.running.set(run_id, None)
+    elif run_id in view.running:
+        changes["running"] = view.running.delete(run_id)
+
+
+def _work_dispatched(view: FlowRunView, event: Event, changes: Changes) -> None:
+    assert isinstance(event, WorkDispatched)
+    record = view.task_runs.get(event.work.task_run_id)
+    if record is not None and record.attempt != event.work.attempt:
+        changes["task_runs"] = view.task_runs.set(
+            record.task_run_id, _record_with(record, attempt=event.work.attempt)
+        )
+
+
+def _heartbeat_recorded(view: FlowRunView, event: Event, changes: Changes) -> None:
+    record = view.task_runs.get(event.task_run_id or "")
+    if record is not None:
+        changes["task_runs"] = view.task_runs.set(
+            record.task_run_id, _record_with(record, last_heartbeat=event.occurred_at)
+        )
+
+
+_APPLY: dict[type[Event], Callable[[FlowRunView, Event, Changes], None]] = {
+    TaskRunTransitioned: _task_run_transitioned,
+    FlowRunTransitioned: _flow_run_transitioned,
+    WorkDispatched: _work_dispatched,
+    HeartbeatRecorded: _heartbeat_recorded,
+    FlowRunCreated: _flow_run_created,
+}

@@ -1,0 +1,70 @@
+"""The transition rules, kept as data: which state classes may follow which.
+
+Two tables: `TRANSITIONS` for changes proposed by task runs (what Prefect 1's
+TaskRunner pipeline can produce), and `MANUAL_TARGETS` for operator-requested
+set-state. Finished states absorb everything except the edges listed here
+(a failure may be retried, a success cached, a loop iteration restarted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engine.state import STATE_CLASSES, Finished, Pending, Running, State
+
+
+def _names(base: type[State]) -> frozenset[str]:
+    return frozenset(n for n, c in STATE_CLASSES.items() if issubclass(c, base) and c is not State)
+
+
+PENDING = _names(Pending)
+RUNNING = _names(Running)
+FINISHED = _names(Finished)
+META = frozenset({"Submitted", "Queued", "ClientFailed"})
+SCHEDULED = frozenset({"Scheduled", "Paused", "Resume", "Retrying"})
+FAILED = frozenset({"Failed", "TimedOut", "TriggerFailed", "ValidationFailed"})
+SUCCESSFUL = frozenset({"Success", "Cached", "Mapped", "Skipped"})
+
+_RUN_OUTCOMES = FINISHED - {"Looped"}
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    # Before running: dispatch, claim, or end without running (trigger, skip,
+    # cache hit, mapping, manual_only pause, cache invalidation).
+    **{name: PENDING | {"Submitted", "Queued", "Running"} | _RUN_OUTCOMES for name in PENDING},
+    "Submitted": PENDING | {"Queued", "Running"} | _RUN_OUTCOMES,
+    "Queued": PENDING | {"Submitted", "Running"} | _RUN_OUTCOMES,
+    # A running body ends in any outcome, a loop iteration, a retry or a pause.
+    "Running": FINISHED | {"Retrying", "Paused", "Cancelling"},
+    "Cancelling": frozenset({"Cancelled"}),
+    # The next loop iteration starts from a fresh Pending.
+    "Looped": frozenset({"Pending"}),
+    # Failures may be retried.
+    **{name: frozenset({"Retrying"}) for name in FAILED},
+    # A fresh success may be cached.
+    "Success": frozenset({"Cached"}),
+    # A cached state found before the trigger can still be overridden by it, or
+    # invalidated on a re-run.
+    "Cached": frozenset({"Pending", "TriggerFailed", "Skipped", "Paused"}),
+    "Mapped": frozenset(),
+    "Skipped": frozenset(),
+    "Cancelled": frozenset(),
+    "ClientFailed": frozenset(),
+}
+
+MANUAL_TARGETS: frozenset[str] = (PENDING | FINISHED) - {"Looped", "Mapped"}
+"""States an operator may set by hand (not meta states, not Running: a claim
+belongs to a worker; not Mapped: its children come from a mapped run)."""
+
+INITIAL = "Pending"
+
+
+def allowed(previous: str | None, new: str) -> bool:
+    """True when a task run may move from `previous` to `new`."""
+    if previous is None:
+        return new == INITIAL
+    return new in TRANSITIONS.get(previous, frozenset())
+
+
+def allowed_manually(previous: str | None, new: str) -> bool:
+    """True when an operator may set `new` (any non-Running state may be overridden)."""
+    return previous is not None and previous not in RUNNING and new in MANUAL_TARGETS

@@ -1,0 +1,117 @@
+"""The state blobs the ledger itself writes, and the check of proposed blobs.
+
+Blobs are `State.serialize()` dicts. The fixed ones are built once: a blob is
+never mutated after it is made, so sharing one dict between events is safe.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from engine.state import (
+    STATE_CLASSES,
+    Cancelled,
+    Cancelling,
+    Failed,
+    Pending,
+    Resume,
+    Running,
+    Submitted,
+    Success,
+)
+
+PENDING: dict[str, Any] = Pending().serialize()
+FLOW_RUNNING: dict[str, Any] = Running("Running flow.").serialize()
+FLOW_CANCELLING: dict[str, Any] = Cancelling("Flow run is being cancelled.").serialize()
+FLOW_CANCELLED: dict[str, Any] = Cancelled("Flow run was cancelled.").serialize()
+TASK_CANCELLING: dict[str, Any] = Cancelling("Flow run is being cancelled.").serialize()
+TASK_CANCELLED: dict[str, Any] = Cancelled("Flow run was cancelled.").serialize()
+_SUBMITTED: dict[str, Any] = Submitted(state=Pending()).serialize()
+_FLOW_FAILED: dict[str, Any] = Failed("Some reference tasks failed.").serialize()
+
+
+def submitted(inner: dict[str, Any]) -> dict[str, Any]:
+    """Submitted(state=<inner>): dispatched to a worker, the inner state kept."""
+    return {**_SUBMITTED, "state": inner}
+
+
+def constant_success(result_blob: dict[str, Any] | None) -> dict[str, Any]:
+    """The Success a constant task gets without running (Prefect sets it directly)."""
+    blob = Success("Auto-generated constant value").serialize()
+    if result_blob is not None:
+        blob["_result"] = result_blob
+    return blob
+
+
+def flow_success(message: str) -> dict[str, Any]:
+    return Success(message).serialize()
+
+
+def flow_failed() -> dict[str, Any]:
+    return _FLOW_FAILED
+
+
+def resume(paused: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Resume from a Paused blob, keeping its run count (Prefect's approval message)."""
+    context = {k: v for k, v in (paused.get("context") or {}).items() if k == "task_run_count"}
+    return Resume("Approval given to resume.", start_time=now, context=context).serialize()
+
+
+_KNOWN_FIELDS = {
+    "type",
+    "message",
+    "_result",
+    "context",
+    "cached_inputs",
+    "__version__",
+    "start_time",
+    "run_count",
+    "loop_count",
+    "n_map_states",
+    "map_states",
+    "cached_result_expiration",
+    "cached_parameters",
+    "hashed_inputs",
+    "state",
+}
+_DICT_FIELDS = ("_result", "context", "cached_inputs")
+_INT_FIELDS = ("run_count", "loop_count", "n_map_states")
+
+
+def state_problem(blob: Any) -> str | None:
+    """Why `blob` is not a valid state blob, or None when it is.
+
+    A structural check (types of the fields the ledger reads), cheap enough for
+    every proposal; workers deserialize the full state when they run it.
+    """
+    if not isinstance(blob, dict):
+        return f"a state must be a JSON object, got {type(blob).__name__}"
+    kind = blob.get("type")
+    if kind not in STATE_CLASSES or kind == "State":
+        return f"unknown state type {kind!r}"
+    unknown = set(blob) - _KNOWN_FIELDS
+    if unknown:
+        return f"state {kind} has unknown fields {sorted(unknown)}"
+    message = blob.get("message")
+    if message is not None and not isinstance(message, str):
+        return f"state {kind}: message must be a string or null"
+    for name in _DICT_FIELDS:
+        if blob.get(name) is not None and not isinstance(blob[name], dict):
+            return f"state {kind}: {name} must be an object"
+    for name in _INT_FIELDS:
+        value = blob.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"state {kind}: {name} must be an integer"
+    start = blob.get("start_time")
+    if start is not None:
+        try:
+            parsed = datetime.fromisoformat(start) if isinstance(start, str) else None
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            return f"state {kind}: start_time must be an ISO-8601 time with an offset"
+    inner = blob.get("state")
+    if inner is not None:
+        return state_problem(inner)
+    return None

@@ -1,0 +1,199 @@
+"""Running one dispatched work item: the part of a worker that is not Kafka.
+
+Shared by the local runner and the Kafka worker: rebuild the upstream states
+from the work item, run the TaskRunner, and turn each state change into a
+TransitionProposed. A Running claim is proposed at once and must be accepted
+before the body runs; the other changes are proposed one step late, so the
+last one of a run can be marked `final` -- the state the run rests in, which
+is what the ledger reacts to (an intermediate Failed before a Retrying must
+not trigger downstream tasks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from engine import signals
+from engine.clock import Clock
+from engine.edges import Edge
+from engine.flow import Flow
+from engine.mapping import upstream_for_parent
+from engine.result_store import ResultStore, blob_of, state_of
+from engine.results import Result
+from engine.state import ClientFailed, Running, State
+from engine.task import Task
+from engine.task_runner import TaskRunner
+from events import (
+    Cause,
+    Command,
+    Event,
+    TaskRunTransitioned,
+    TransitionProposed,
+    WorkerIdentity,
+    WorkItem,
+)
+from events.fast import construct
+
+Submit = Callable[[Command], list[Event]]
+
+
+class _Proposer:
+    """Turns the TaskRunner's recorded changes into proposals to the ledger."""
+
+    def __init__(
+        self,
+        work: WorkItem,
+        submit: Submit,
+        next_id: Callable[[], str],
+        store: ResultStore,
+        clock: Clock,
+        worker: WorkerIdentity,
+    ) -> None:
+        self.work, self.submit, self.next_id = work, submit, next_id
+        self.store, self.clock, self.worker = store, clock, worker
+        self.seq = work.expected_seq
+        self.pending: State | None = None
+
+    def record(self, state: State) -> None:
+        self._flush(final=False)
+        if isinstance(state, Running):
+            command, facts = self._send(state, final=False)
+            if not _claim_accepted(command, facts):
+                raise signals.ENDRUN(ClientFailed(state=state))
+        else:
+            self.pending = state
+
+    def finish(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        if self.pending is not None:
+            state, self.pending = self.pending, None
+            self._send(state, final=final)
+
+    def _send(self, state: State, final: bool) -> tuple[TransitionProposed, list[Event]]:
+        work = self.work
+        command = construct(
+            TransitionProposed,
+            event_id=self.next_id(),
+            flow_run_id=work.flow_run_id,
+            task_run_id=work.task_run_id,
+            task_slug=work.slug,
+            map_index=work.map_index,
+            occurred_at=self.clock(),
+            cause=construct(Cause, command_id=None, worker=self.worker),
+            expected_seq=self.seq,
+            attempt=work.attempt,
+            state=blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
+            final=final,
+        )
+        self.seq += 1
+        return command, self.submit(command)
+
+
+def _claim_accepted(command: TransitionProposed, facts: list[Event]) -> bool:
+    return any(
+        isinstance(f, TaskRunTransitioned)
+        and f.cause.command_id == command.event_id
+        and f.state.get("type") == "Running"
+        for f in facts
+    )
+
+
+def _edge_lookup(flow: Flow, task: Task) -> dict[tuple[str, str | None, bool, bool], Edge]:
+    return {
+        (flow.slugs[e.upstream_task], e.key, e.mapped, e.flattened): e for e in flow.edges_to(task)
+    }
+
+
+def upstream_states(
+    flow: Flow, task: Task, work: WorkItem, store: ResultStore
+) -> dict[Edge, State]:
+    """The `{Edge: State}` the TaskRunner gets, built as Prefect's FlowRunner does."""
+    lookup = _edge_lookup(flow, task)
+    states: dict[Edge, State] = {}
+    indexed: set[Edge] = set()
+    for item in work.upstream:
+        key = (item.edge.upstream, item.edge.key, item.edge.mapped, item.edge.flattened)
+        edge = lookup.get(key)
+        if edge is None:
+            raise LookupError(
+                f"the flow's code has no edge {key} into {work.slug}: "
+                "the worker's flow differs from the one the run was planned with"
+            )
+        state = state_of(item.state, store)
+        if item.map_states is not None:
+            children = [state_of(b, store) for b in item.map_states]
+            state = state.copy_with(map_states=children, result=[c.result for c in children])
+        states[edge] = state
+        if item.indexed:
+            indexed.add(edge)
+    if work.map_index is None and not work.is_mapped_parent:
+        return states
+    prepared = upstream_for_parent(states)
+    if work.map_index is None:
+        return prepared
+    return {
+        edge: _child_view(edge, state, work.map_index, edge in indexed)
+        for edge, state in prepared.items()
+    }
+
+
+def _child_view(edge: Edge, state: State, index: int, indexed: bool) -> State:
+    if not edge.mapped or indexed:
+        return state
+    if state.is_mapped():
+        child: State = state.map_states[index]  # type: ignore[attr-defined]
+        return child
+    return state.copy_with(result=Result(value=state.result[index]))
+
+
+def execute_work(
+    work: WorkItem,
+    *,
+    flow: Flow,
+    submit: Submit,
+    next_id: Callable[[], str],
+    store: ResultStore,
+    clock: Clock,
+    worker: WorkerIdentity,
+    handlers: Iterable[Callable[..., Any]] = (),
+    checkpointing: bool = False,
+    caches: Mapping[str, list[State]] | None = None,
+    view: Callable[[], Any] | None = None,
+) -> State:
+    """Run one work item to its resting state, proposing every change."""
+    task = flow.task_by_slug(work.slug)
+    proposer = _Proposer(work, submit, next_id, store, clock, worker)
+    runner = TaskRunner(
+        task,
+        state_handlers=handlers,
+        flow_result=flow.result,
+        clock=clock,
+        recorder=proposer.record,
+    )
+    context = {
+        **work.context,
+        "parameters": dict(work.parameters),
+        "flow_run_id": work.flow_run_id,
+        "flow_name": flow.name,
+        "task_run_id": work.task_run_id,
+        "task_slug": work.slug,
+        "map_index": work.map_index,
+        "checkpointing": checkpointing,
+        "caches": caches or {},
+        "constants": flow.constants.get(task, {}),
+    }
+    try:
+        upstream = upstream_states(flow, task, work, store)
+        start = state_of(work.state, store)
+    except Exception as exc:  # a bad work item must not kill the worker: fail the run
+        from engine.state import Failed
+
+        proposer.record(Failed(f"Could not prepare task run: {exc!r}", result=exc))
+        proposer.finish()
+        return Failed(f"Could not prepare task run: {exc!r}")
+    final = runner.run(start, upstream, context, is_mapped_parent=work.is_mapped_parent)
+    proposer.finish()
+    return final

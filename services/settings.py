@@ -1,0 +1,246 @@
+"""Configuration of every RunLedger process, read from ``RUNLEDGER_*`` environment variables.
+
+One model for all roles (ledger, worker, api, CLI, client): the same variables
+configure the embedded dev setup and a production cluster (docker-compose.yml).
+Example::
+
+    RUNLEDGER_BROKERS=kafka-1:9092,kafka-2:9092
+    RUNLEDGER_SECURITY_PROTOCOL=SASL_SSL
+    RUNLEDGER_SASL_MECHANISM=SCRAM-SHA-512
+    RUNLEDGER_FLOW_ALLOWLIST=examples,myteam.flows
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["SecurityProtocol", "Settings", "TopicName"]
+
+TopicName = Literal["commands", "ledger", "work", "deadletter"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+#: Placeholder in `Settings.result_store_url` replaced by the absolute data dir.
+DATA_DIR_PLACEHOLDER = "{data_dir}"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b,c`` or a JSON list for list-valued settings (env vars are strings)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings; every field ``name`` is read from ``RUNLEDGER_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RUNLEDGER_",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    # -- Kafka connection -----------------------------------------------------------
+
+    brokers: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma-separated ``host:port`` list."""
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    """Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+
+    sasl_mechanism: SaslMechanism | None = None
+    """SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...); required with SASL_*."""
+
+    sasl_username: str | None = None
+    """SASL user name (PLAIN and SCRAM mechanisms)."""
+
+    sasl_password: SecretStr | None = None
+    """SASL password (PLAIN and SCRAM mechanisms); never printed."""
+
+    ssl_cafile: Path | None = None
+    """CA bundle to verify the brokers' certificates with (SSL, SASL_SSL); system CAs if unset."""
+
+    # -- topics ---------------------------------------------------------------------
+
+    topic_prefix: str = "runledger."
+    """Prefix of every topic name, e.g. ``runledger.`` gives ``runledger.ledger``."""
+
+    partitions: int = Field(default=4, ge=1)
+    """Partitions of each topic created at start (an upper bound on parallel consumers)."""
+
+    replication_factor: int = Field(default=1, ge=1)
+    """Replication factor of each topic created at start (3 on a production cluster)."""
+
+    # -- storage and code -----------------------------------------------------------
+
+    data_dir: Path = Path(".runledger")
+    """Directory for local state: logs, the default result store."""
+
+    result_store_url: str = "file://{data_dir}/results"
+    """fsspec URL where task results are written (``file://``, ``memory://``, ``s3://`` ...).
+
+    ``{data_dir}`` is replaced by the absolute path of `data_dir`."""
+
+    signing_key: SecretStr | None = None
+    """HMAC key that signs cloudpickled flows; pickled flows are refused when unset."""
+
+    flow_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["examples", "tests"]
+    )
+    """Module prefixes flows may be imported from (comma-separated in the environment)."""
+
+    # -- workers --------------------------------------------------------------------
+
+    worker_concurrency: int = Field(default=4, ge=1)
+    """Task bodies a worker process runs at the same time."""
+
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between a worker's heartbeats for a running task run."""
+
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds without a heartbeat after which a running task run is considered lost."""
+
+    # -- web ------------------------------------------------------------------------
+
+    web_host: str = "127.0.0.1"
+    """Address the HTTP API binds (keep loopback unless behind a proxy or in a container)."""
+
+    web_port: Port = 6066
+    """Port of the HTTP API."""
+
+    # -- Kafka client tuning --------------------------------------------------------
+
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
+    """Longest time a fetch waits for data; bounds latency on multi-partition consumers."""
+
+    session_timeout_ms: int = Field(default=10_000, ge=1)
+    """Consumer-group session timeout; small values make joins and failover fast."""
+
+    producer_linger_ms: int = Field(default=2, ge=0)
+    """How long a producer waits to batch records before sending."""
+
+    ledger_batch_max: int = Field(default=500, ge=1)
+    """Most commands the ledger takes in one batch."""
+
+    app_id: str = Field(default="runledger", min_length=1)
+    """Application id: faust app id, consumer-group and client-id prefix."""
+
+    # -- validators -----------------------------------------------------------------
+
+    @field_validator("brokers")
+    @classmethod
+    def _check_brokers(cls, value: str) -> str:
+        servers = [part.strip() for part in value.split(",") if part.strip()]
+        if not servers:
+            raise ValueError("at least one broker is required")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"broker {server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("flow_allowlist", mode="before")
+    @classmethod
+    def _parse_allowlist(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("flow_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            parts = prefix.split(".")
+            if not all(part.isidentifier() for part in parts):
+                raise ValueError(f"flow_allowlist entry {prefix!r} is not a module prefix")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("topic_prefix may contain only ASCII letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("sasl_password", "signing_key", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("result_store_url")
+    @classmethod
+    def _resolve_result_store(cls, value: str, info: ValidationInfo) -> str:
+        if DATA_DIR_PLACEHOLDER in value:
+            data_dir = info.data.get("data_dir")
+            if not isinstance(data_dir, Path):
+                raise ValueError("result_store_url uses {data_dir} but data_dir is invalid")
+            value = value.replace(DATA_DIR_PLACEHOLDER, data_dir.absolute().as_posix())
+        if "://" not in value:
+            raise ValueError(f"result_store_url {value!r} is not a URL (e.g. file:///path)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"{self.security_protocol} requires sasl_mechanism")
+            needs_password = self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+            if needs_password and (self.sasl_username is None or self.sasl_password is None):
+                raise ValueError(f"{self.sasl_mechanism} requires sasl_username and sasl_password")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_timeout_s must be longer than heartbeat_interval_s")
+        return self
+
+    # -- helpers --------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """`brokers` as a list of ``host:port`` strings."""
+        return self.brokers.split(",")
+
+    @property
+    def first_broker_port(self) -> int:
+        """The port of the first entry of `brokers`."""
+        return int(self.bootstrap_servers[0].rpartition(":")[2])
+
+    def topic(self, name: TopicName) -> str:
+        """The full name of one of RunLedger's topics, e.g. ``runledger.ledger``."""
+        if name not in get_args(TopicName):
+            raise ValueError(f"unknown topic {name!r}; expected one of {get_args(TopicName)}")
+        return f"{self.topic_prefix}{name}"
+
+    def topic_names(self) -> dict[TopicName, str]:
+        """Every RunLedger topic: short name -> full name."""
+        names: tuple[TopicName, ...] = get_args(TopicName)
+        return {name: self.topic(name) for name in names}
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka clients (producer, consumer, admin).
+
+        Use as ``AIOKafkaProducer(bootstrap_servers=s.brokers, **s.kafka_client_kwargs())``.
+        """
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            cafile = None if self.ssl_cafile is None else str(self.ssl_cafile)
+            kwargs["ssl_context"] = create_ssl_context(cafile=cafile)
+        if self.security_protocol.startswith("SASL_"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            if self.sasl_username is not None:
+                kwargs["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        return kwargs

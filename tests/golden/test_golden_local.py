@@ -1,0 +1,85 @@
+"""Every golden flow scenario, run through the local runner, behaves as Prefect 1.4.1 did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    assert_matches_golden,
+    encode_value,
+    golden_flow_scenarios,
+    run_scenario_locally,
+)
+from .scenarios import SCENARIOS, RunSpec, build
+
+
+def test_every_golden_flow_recording_has_a_scenario() -> None:
+    """Each shared/golden flow file (all but state_model) is re-created in scenarios.py."""
+    assert sorted(SCENARIOS) == golden_flow_scenarios()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenario_reproduces_the_prefect_golden_recording(
+    name: str, tmp_path: Path
+) -> None:
+    """Sequences, final task and flow states and extras match the Prefect 1.4.1 recording."""
+    scenario = build(name, tmp_path)
+    assert_matches_golden(scenario, run_scenario_locally(scenario))
+
+
+def test_pause_is_approved_through_on_paused_instead_of_stdin(tmp_path: Path) -> None:
+    """Deliberate difference: on_paused replaces Prefect's stdin prompt, and Resume is an event."""
+    scenario = build("pause_signal_and_manual_only", tmp_path)
+    (observation,) = run_scenario_locally(scenario)
+    prompts = scenario.extras()["input_prompts"]
+    assert [p["prompt"] for p in prompts] == [
+        "<Task: gate> is currently Paused; enter 'y' to resume:",
+        "<Task: manual> is currently Paused; enter 'y' to resume:",
+    ]
+    for key in ("run0:gate", "run0:manual"):
+        states = [e["state"] for e in observation.sequences[key]]
+        assert "Resume" in states, f"{key}: the approval is not in the ledger: {states}"
+        assert states.index("Resume") == states.index("Paused") + 1
+
+
+def test_a_run_without_on_paused_returns_with_the_flow_running(tmp_path: Path) -> None:
+    """Deliberate difference: without on_paused the local runner returns instead of prompting."""
+    scenario = build("pause_without_resume_flowrunner", tmp_path)
+    (observation,) = run_scenario_locally(scenario)
+    assert observation.flow_state["class"] == "Running"
+    assert observation.task_final_states["gate"]["class"] == "Paused"
+    assert observation.task_final_states["manual"]["class"] == "Pending"
+
+
+def test_local_runs_do_not_checkpoint_unless_told(tmp_path: Path) -> None:
+    """Deliberate difference: the services checkpoint by default, the local runner follows Prefect."""
+    scenario = build("target_local_result_checkpointing_off", tmp_path)
+    untold = RunSpec()
+    kwargs = untold.runner_kwargs()
+    del kwargs["checkpointing"]
+    from engine.flow_runner import FlowRunner
+
+    flow = scenario.flow_factory()
+    FlowRunner(flow).run(**kwargs)
+    FlowRunner(flow).run(**kwargs)
+    assert list((tmp_path / "target_off").iterdir()) == []
+    assert scenario.extras()["body_executions_of_produce"] == 2
+
+
+def test_encode_value_writes_values_as_the_golden_recorder_did() -> None:
+    """Exceptions, signals, tuples and other objects are encoded like format_notes says."""
+    from engine import signals
+
+    assert encode_value((8, 2)) == [8, 2]
+    assert encode_value(ValueError("boom")) == {
+        "exception": "ValueError",
+        "repr": "ValueError('boom')",
+    }
+    assert encode_value(signals.SKIP("why")) == {"signal": "SKIP", "message": "why"}
+    assert encode_value([2, KeyError("k")]) == [
+        2,
+        {"exception": "KeyError", "repr": "KeyError('k')"},
+    ]
+    assert encode_value(object)["repr"] == "<class 'object'>"

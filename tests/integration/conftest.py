@@ -1,0 +1,39 @@
+"""Fixtures for tests against the real embedded broker (see tests/conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.settings import Settings
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings for the session broker with a topic prefix and app id unique to the test.
+
+    The broker is shared by the whole session, so every test works in its own topic
+    namespace and consumer groups. The short session timeout keeps consumer-group
+    joins at ~1.5 s (Tansu holds a first JoinGroup for about half the session timeout).
+    """
+    unique = uuid.uuid4().hex[:10]
+    return Settings(
+        brokers=kafka_bootstrap,
+        topic_prefix=f"t{unique}.",
+        app_id=f"test-{unique}",
+        data_dir=tmp_path / "data",
+        session_timeout_ms=3000,
+        fetch_max_wait_ms=10,
+    )
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
