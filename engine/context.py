@@ -44,6 +44,16 @@ context = TaskContext()
 
 
 @contextmanager
+def bound_live(values: dict[str, Any]) -> Iterator[None]:
+    """Bind a read-only *live* view of `values` (later changes to the dict show)."""
+    token = _current.set(MappingProxyType(values))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
 def bound(values: Mapping[str, Any]) -> Iterator[None]:
     """Bind `values` as the task context for the enclosed block."""
     token = _current.set(MappingProxyType(dict(values)))

@@ -53,19 +53,36 @@ def _is_sequence(value: Any) -> bool:
 
 
 def flattened_upstream(edge: Edge, state: State) -> State:
-    """The upstream state as a flattened edge presents it."""
+    """The upstream state as a flattened edge presents it to children and reduces."""
     if not edge.flattened:
         return state
     if state.is_mapped():
         children = flatten_mapped_children(state.map_states)  # type: ignore[attr-defined]
-        return Mapped(message=state.message, map_states=children)
-    if state.is_successful() and not state.is_skipped():
+        return Mapped(
+            message=state.message, map_states=children, result=[c.result for c in children]
+        )
+    return _flatten_plain(state)
+
+
+def _flatten_plain(state: State) -> State:
+    if state.is_successful() and not state.is_skipped() and not state.is_mapped():
         return _with_value(state, flatten_value(state.result))
     return state
 
 
 def upstream_for_parent(upstream_states: Mapping[Edge, State]) -> dict[Edge, State]:
-    """The upstream states a mapped parent's run checks."""
+    """What a mapped parent's run checks, as Prefect's FlowRunner hands it over.
+
+    A plain upstream on a flattened edge arrives flattened; a Mapped upstream
+    arrives as is (so its n_map_states counts its children, not their elements).
+    """
+    return {
+        edge: _flatten_plain(s) if edge.flattened else s for edge, s in upstream_states.items()
+    }
+
+
+def flattened(upstream_states: Mapping[Edge, State]) -> dict[Edge, State]:
+    """Every flattened edge flattened: what children and non-mapped downstreams receive."""
     return {edge: flattened_upstream(edge, s) for edge, s in upstream_states.items()}
 
 
@@ -86,7 +103,7 @@ def child_count(upstream_states: Mapping[Edge, State]) -> int:
 
 
 def upstream_for_child(upstream_states: Mapping[Edge, State], index: int) -> dict[Edge, State]:
-    """The upstream states child `index` receives (states already flattened)."""
+    """The upstream states child `index` receives (from `flattened` states)."""
     child: dict[Edge, State] = {}
     for edge, state in upstream_states.items():
         if not edge.mapped:

@@ -42,7 +42,7 @@ class ResultStore(Protocol):
 def _already_stored(result: Result) -> bool:
     return result is NoResult or (
         result.location is not None
-        and (isinstance(result, FSResult | _SELF_CONTAINED) or result.hash is not None)
+        and (isinstance(result, (FSResult, *_SELF_CONTAINED)) or result.hash is not None)
     )
 
 

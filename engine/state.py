@@ -123,7 +123,7 @@ class State:
 
     Equality (as Prefect): same concrete class, equal `.result` values and equal
     public fields other than `message` and `context`. `__hash__` is the hash of
-    the class name, consistent with that equality.
+    the class name rather than Prefect's id(), so equal values hash alike.
     """
 
     __slots__ = ("_result", "cached_inputs", "context", "message")

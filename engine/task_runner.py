@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 from engine import signals
 from engine.cache_validators import call_validator, tokenize
 from engine.clock import Clock, SystemClock
+from engine.context import bound_live
 from engine.edges import Edge
 from engine.mapping import child_count
 from engine.results import Result, ResultNotImplementedError
@@ -224,8 +225,15 @@ class TaskRunner:
         is_mapped_parent: bool,
     ) -> tuple[State, bool]:
         self.context = context
+        # Triggers and handlers read the task context too (manual_only reads `resume`).
+        with bound_live(context):
+            return self._pipeline(state, upstream_states, is_mapped_parent)
+
+    def _pipeline(
+        self, state: State | None, upstream_states: dict[Edge, State], is_mapped_parent: bool
+    ) -> tuple[State, bool]:
         try:
-            state, self.context = self.initialize_run(state, context)
+            state, self.context = self.initialize_run(state, self.context)
             state = self.check_task_is_ready(state)
             state = self.check_task_reached_start_time(state)
             state = self.check_upstream_finished(state, upstream_states)
@@ -532,7 +540,7 @@ class TaskRunner:
         loop_context["task_loop_count"] = state.loop_count + 1
         loop_context["task_loop_result"] = state.result
         loop_context.pop("resume", None)
-        pending = Pending(f"Looping task (on loop index {state.loop_count + 1})")
+        pending = Pending(f"Looping task (on loop index {state.loop_count})")
         # Prefect restarts silently; the ledger still records the change.
         self._record(pending)
         return pending

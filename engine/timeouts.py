@@ -49,7 +49,7 @@ def run_with_timeout(
     )
     worker.start()
     if not finished.wait(timeout):
-        raise TaskTimeoutSignal(f"Task timed out after {timeout} seconds.")
+        raise TaskTimeoutSignal("Execution timed out.")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]

@@ -18,10 +18,10 @@ from engine import signals
 from engine.clock import Clock
 from engine.edges import Edge
 from engine.flow import Flow
-from engine.mapping import upstream_for_parent
+from engine.mapping import child_count, flattened, upstream_for_parent
 from engine.result_store import ResultStore, blob_of, state_of
 from engine.results import Result
-from engine.state import ClientFailed, Running, State
+from engine.state import ClientFailed, Mapped, Running, State
 from engine.task import Task
 from engine.task_runner import TaskRunner
 from events import (
@@ -54,6 +54,9 @@ class _Proposer:
         self.store, self.clock, self.worker = store, clock, worker
         self.seq = work.expected_seq
         self.pending: State | None = None
+        self.map_children: int | None = None
+        """Children a Mapped parent really gets (flattening included); Prefect's
+        n_map_states counts a flattened Mapped upstream's children, not their elements."""
 
     def record(self, state: State) -> None:
         self._flush(final=False)
@@ -88,6 +91,8 @@ class _Proposer:
             state=blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
             final=final,
         )
+        if isinstance(state, Mapped) and self.map_children is not None:
+            command.state["context"]["map_children"] = self.map_children
         self.seq += 1
         return command, self.submit(command)
 
@@ -111,6 +116,21 @@ def upstream_states(
     flow: Flow, task: Task, work: WorkItem, store: ResultStore
 ) -> dict[Edge, State]:
     """The `{Edge: State}` the TaskRunner gets, built as Prefect's FlowRunner does."""
+    states, indexed = _received_states(flow, task, work, store)
+    if work.is_mapped_parent:
+        return upstream_for_parent(states)
+    prepared = flattened(states)
+    if work.map_index is None:
+        return prepared
+    return {
+        edge: _child_view(edge, state, work.map_index, edge in indexed)
+        for edge, state in prepared.items()
+    }
+
+
+def _received_states(
+    flow: Flow, task: Task, work: WorkItem, store: ResultStore
+) -> tuple[dict[Edge, State], set[Edge]]:
     lookup = _edge_lookup(flow, task)
     states: dict[Edge, State] = {}
     indexed: set[Edge] = set()
@@ -129,15 +149,7 @@ def upstream_states(
         states[edge] = state
         if item.indexed:
             indexed.add(edge)
-    if work.map_index is None and not work.is_mapped_parent:
-        return states
-    prepared = upstream_for_parent(states)
-    if work.map_index is None:
-        return prepared
-    return {
-        edge: _child_view(edge, state, work.map_index, edge in indexed)
-        for edge, state in prepared.items()
-    }
+    return states, indexed
 
 
 def _child_view(edge: Edge, state: State, index: int, indexed: bool) -> State:
@@ -188,6 +200,9 @@ def execute_work(
     try:
         upstream = upstream_states(flow, task, work, store)
         start = state_of(work.state, store)
+        if work.is_mapped_parent:
+            received, _ = _received_states(flow, task, work, store)
+            proposer.map_children = child_count(flattened(received))
     except Exception as exc:  # a bad work item must not kill the worker: fail the run
         from engine.state import Failed
 

@@ -1,7 +1,7 @@
 """The RunLedger wire contract: frozen pydantic events, JSON on the wire.
 
-Pure: imports neither faust nor aiokafka, nothing from `engine` but
-`engine.version`, and never reads the clock. See docs/events.md.
+Pure: no Kafka client library, nothing from `engine` but `engine.version`,
+and never a read of the clock. See docs/events.md.
 Importing the package checks that every old schema version can be upcast.
 The JSON Schema export lives in `events.schema` (``python -m events.schema``).
 """

@@ -58,9 +58,7 @@ class EventDecoder:
         """Like `decode`, but refuse facts: clients may submit commands only."""
         return cast(Command, self._decode(data, commands_only=True))
 
-    def _decode(
-        self, data: bytes | str | Mapping[str, Any], *, commands_only: bool
-    ) -> Event:
+    def _decode(self, data: bytes | str | Mapping[str, Any], *, commands_only: bool) -> Event:
         payload = _load(data)
         event_type = payload.get("type")
         if not isinstance(event_type, str):
@@ -73,8 +71,7 @@ class EventDecoder:
         version = payload.get("schema_version")
         if type(version) is not int:
             raise MalformedEvent(
-                _where(payload)
-                + f"'schema_version' must be an integer, got {version!r}"
+                _where(payload) + f"'schema_version' must be an integer, got {version!r}"
             )
         current = self._versions[event_type]
         if version != current:
@@ -120,8 +117,7 @@ def _where(payload: Mapping[str, Any]) -> str:
 def _summary(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False, include_context=False)
     details = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-        for err in errors
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in errors
     )
     noun = "error" if len(errors) == 1 else "errors"
     return f"{len(errors)} validation {noun}: {details}"

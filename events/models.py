@@ -40,8 +40,7 @@ class FlowRef(BaseModel):
         if self.kind == "import":
             if self.path is None or not _IMPORT_PATH.fullmatch(self.path):
                 raise ValueError(
-                    "an import FlowRef needs path 'package.module:attr', "
-                    f"got {self.path!r}"
+                    f"an import FlowRef needs path 'package.module:attr', got {self.path!r}"
                 )
             if self.location is not None or self.signature is not None:
                 raise ValueError("an import FlowRef takes no location or signature")
@@ -49,9 +48,7 @@ class FlowRef(BaseModel):
             if not self.location or self.signature is None:
                 raise ValueError("a pickled FlowRef needs location and signature")
             if not _HEX_SHA256.fullmatch(self.signature):
-                raise ValueError(
-                    "signature must be an HMAC-SHA256 digest as 64 hex characters"
-                )
+                raise ValueError("signature must be an HMAC-SHA256 digest as 64 hex characters")
             if self.path is not None:
                 raise ValueError("a pickled FlowRef takes no path")
         return self
@@ -106,8 +103,7 @@ class FlowPlan(BaseModel):
             for edge in task.edges:
                 if edge.upstream not in slugs:
                     raise ValueError(
-                        f"task {task.slug!r} has an edge from unknown slug "
-                        f"{edge.upstream!r}"
+                        f"task {task.slug!r} has an edge from unknown slug {edge.upstream!r}"
                     )
         _reject_cycles(self.tasks)
         return self

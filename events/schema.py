@@ -45,9 +45,7 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point: write the schema document to --out or stdout."""
-    parser = argparse.ArgumentParser(
-        prog="python -m events.schema", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m events.schema", description=__doc__)
     parser.add_argument("--out", type=Path, help="file to write (default: stdout)")
     args = parser.parse_args(argv)
     text = render()

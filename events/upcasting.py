@@ -27,14 +27,10 @@ Upcaster = Callable[[Payload], Payload]
 class UpcasterRegistry:
     """Upcasters keyed by (type string, from_version)."""
 
-    def __init__(
-        self, upcasters: Mapping[tuple[str, int], Upcaster] | None = None
-    ) -> None:
+    def __init__(self, upcasters: Mapping[tuple[str, int], Upcaster] | None = None) -> None:
         self._upcasters: dict[tuple[str, int], Upcaster] = dict(upcasters or {})
 
-    def register(
-        self, event_type: str, *, from_version: int
-    ) -> Callable[[Upcaster], Upcaster]:
+    def register(self, event_type: str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
         """Decorator: register ``fn`` as `event_type`'s upcaster from `from_version`."""
         if from_version < 1:
             raise ValueError(f"from_version must be >= 1, got {from_version}")
@@ -59,9 +55,7 @@ class UpcasterRegistry:
         """An independent registry holding the same upcasters."""
         return UpcasterRegistry(self._upcasters)
 
-    def upcast(
-        self, payload: Mapping[str, Any], event_type: str, to_version: int
-    ) -> Payload:
+    def upcast(self, payload: Mapping[str, Any], event_type: str, to_version: int) -> Payload:
         """Return `payload` (a record at its own `schema_version`) at `to_version`.
 
         Raises `UnsupportedSchemaVersion` when the record is newer than

@@ -121,6 +121,18 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Tansu (tokio) binds with SO_REUSEADDR too, so TIME_WAIT does not count as in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -257,6 +269,10 @@ class EmbeddedBroker:
         binary = self._binary or tansu_binary()
         log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="runledger-broker-"))
         log_dir.mkdir(parents=True, exist_ok=True)
+        if self._requested_port and not _port_free(self.host, self._requested_port):
+            # Checked up front: otherwise a broker already on that port could answer
+            # our readiness probe while Tansu fails to bind (it then exits with 0).
+            raise BrokerError(f"{self.host}:{self._requested_port} is already in use")
         # A free port picked here may be taken by someone else before Tansu binds it:
         # retry a few times with a fresh port when the requested port was 0.
         attempts = 3 if self._requested_port == 0 else 1
@@ -289,6 +305,7 @@ class EmbeddedBroker:
             "memory://tansu/",
         ]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env["NO_COLOR"] = "1"  # plain-text log file
         self._log_path = log_dir / f"tansu-{port}.log"
         with open(self._log_path, "ab") as log:
             self._process = subprocess.Popen(
@@ -318,7 +335,7 @@ class EmbeddedBroker:
             if remaining <= 0:
                 raise BrokerError(self._failure(f"did not answer metadata: {last_error!r}"))
             try:
-                _run_probe(self.bootstrap, min(5.0, remaining))
+                _run_probe(self.bootstrap, min(1.0, remaining))
             except Exception as exc:  # any client error means "not ready yet"
                 last_error = exc
                 time.sleep(0.1)

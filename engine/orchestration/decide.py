@@ -233,7 +233,7 @@ def _react(d: _Decision, slug: str, map_index: int | None) -> None:
     if record.rests_finished:
         if map_index is None:
             if record.state_type == "Mapped":
-                _expand_children(d, slug, int(record.state.get("n_map_states") or 0))
+                _expand_children(d, slug, d.view.children.get(slug, 0))
             _after_parent_finished(d, slug)
         else:
             _after_child_finished(d, slug, map_index)

@@ -163,7 +163,9 @@ def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) ->
         )
     if event.map_index is None:
         if new_type == "Mapped":
-            n = int(event.state.get("n_map_states") or 0)
+            # The worker records how many children flattening really produced.
+            context = event.state.get("context") or {}
+            n = int(context.get("map_children", event.state.get("n_map_states") or 0))
             changes["children"] = view.children.set(slug, n)
             changes["unfinished_children"] = view.unfinished_children.set(slug, n)
     elif old is not None and was_finished != now_finished:

@@ -38,7 +38,7 @@ def submitted(inner: dict[str, Any]) -> dict[str, Any]:
 
 def constant_success(result_blob: dict[str, Any] | None) -> dict[str, Any]:
     """The Success a constant task gets without running (Prefect sets it directly)."""
-    blob = Success("Auto-generated constant value").serialize()
+    blob = Success().serialize()  # Prefect sets it without a message
     if result_blob is not None:
         blob["_result"] = result_blob
     return blob

@@ -56,7 +56,8 @@ def record(**changes: Any) -> dict[str, Any]:
 def test_encode_writes_compact_utf8_json() -> None:
     """No whitespace between tokens, non-ASCII kept as UTF-8."""
     raw = encode(run_requested())
-    assert b": " not in raw and b", " not in raw
+    assert b": " not in raw
+    assert b", " not in raw
     assert "é".encode() in raw
     assert json.loads(raw) == to_dict(run_requested())
 
@@ -85,9 +86,7 @@ def test_decode_accepts_bytes_text_and_parsed_mappings(form: str) -> None:
 
 def test_decode_does_not_mutate_a_mapping_it_upcasts() -> None:
     """The caller's dict is left as it was, even when an old version is upcast."""
-    data = to_dict(
-        TaskRunTransitioned(event_id="e", flow_run_id="f", occurred_at=AT, state={})
-    )
+    data = to_dict(TaskRunTransitioned(event_id="e", flow_run_id="f", occurred_at=AT, state={}))
     data["schema_version"] = 1
     del data["attempt"]
     before = json.dumps(data, sort_keys=True)
@@ -152,7 +151,8 @@ def test_missing_fields_are_listed_with_the_record_identity() -> None:
     with pytest.raises(MalformedEvent) as info:
         decode(record(flow_run_id=None, occurred_at=None))
     message = str(info.value)
-    assert "type='run_requested'" in message and "event_id='e1'" in message
+    assert "type='run_requested'" in message
+    assert "event_id='e1'" in message
     assert "2 validation errors" in message
     assert "flow_run_id: Field required" in message
     assert "occurred_at: Field required" in message
@@ -168,7 +168,7 @@ def test_a_nested_validation_error_gives_its_path() -> None:
 
 def test_a_naive_occurred_at_on_the_wire_is_malformed() -> None:
     """A timestamp without an offset is refused with the reason."""
-    with pytest.raises(MalformedEvent, match="occurred_at: .*timezone-aware"):
+    with pytest.raises(MalformedEvent, match=r"occurred_at: .*timezone-aware"):
         decode(record(occurred_at="2024-05-01T12:00:00"))
 
 

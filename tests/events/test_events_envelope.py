@@ -40,17 +40,17 @@ def test_an_event_is_frozen() -> None:
     """Assigning to a field of an event raises."""
     event = ticked()
     with pytest.raises(ValidationError, match="frozen"):
-        event.seq = 3  # type: ignore[misc]
+        event.seq = 3
 
 
 def test_nested_envelope_values_are_frozen() -> None:
     """Cause and WorkerIdentity are frozen too."""
     cause = Cause(worker=WorkerIdentity(id="w", host="h", pid=1))
     with pytest.raises(ValidationError):
-        cause.command_id = "c"  # type: ignore[misc]
+        cause.command_id = "c"
     assert cause.worker is not None
     with pytest.raises(ValidationError):
-        cause.worker.pid = 2  # type: ignore[misc]
+        cause.worker.pid = 2
 
 
 @pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
@@ -100,7 +100,8 @@ def test_envelope_defaults_are_filled_in() -> None:
     assert event.schema_version == 1
     assert event.cause == Cause()
     assert event.engine_version == ENGINE_VERSION
-    assert event.task_run_id is None and event.seq is None
+    assert event.task_run_id is None
+    assert event.seq is None
 
 
 def test_the_type_string_is_pinned() -> None:

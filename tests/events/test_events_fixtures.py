@@ -62,9 +62,7 @@ def test_the_type_strings_have_not_changed() -> None:
     assert EVENT_TYPES == EXPECTED
 
 
-@pytest.mark.parametrize(
-    "record", records(), ids=lambda r: f"{r['type']}-v{r['schema_version']}"
-)
+@pytest.mark.parametrize("record", records(), ids=lambda r: f"{r['type']}-v{r['schema_version']}")
 def test_every_fixture_record_decodes_to_its_class(record: dict[str, Any]) -> None:
     """Each stored record still decodes, to the class its type string names."""
     event = decode(json.dumps(record).encode())
@@ -91,11 +89,10 @@ def test_the_fixture_holds_a_record_at_every_old_schema_version() -> None:
 def test_the_v1_task_run_transitioned_record_decodes_as_attempt_1() -> None:
     """The stored v1 record comes back at v2 with attempt 1."""
     (v1,) = [
-        r
-        for r in records()
-        if r["type"] == "task_run_transitioned" and r["schema_version"] == 1
+        r for r in records() if r["type"] == "task_run_transitioned" and r["schema_version"] == 1
     ]
     assert "attempt" not in v1
     event = decode(v1)
     assert isinstance(event, TaskRunTransitioned)
-    assert event.attempt == 1 and event.state == v1["state"]
+    assert event.attempt == 1
+    assert event.state == v1["state"]

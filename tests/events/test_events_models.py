@@ -23,7 +23,7 @@ def test_an_import_flow_ref_accepts_module_colon_attribute(path: str) -> None:
 )
 def test_an_import_flow_ref_rejects_a_bad_path(path: str | None) -> None:
     """A missing or malformed import path is a validation error."""
-    with pytest.raises(ValidationError, match="package.module:attr"):
+    with pytest.raises(ValidationError, match=r"package\.module:attr"):
         FlowRef(kind="import", path=path)
 
 
@@ -115,9 +115,7 @@ def work_item(**changes: Any) -> WorkItem:
         "state": {"type": "Submitted"},
         "expected_seq": 1,
         "attempt": 1,
-        "upstream": (
-            UpstreamInput(edge=PlanEdge(upstream="u", mapped=True), state={}),
-        ),
+        "upstream": (UpstreamInput(edge=PlanEdge(upstream="u", mapped=True), state={}),),
     }
     return WorkItem(**{**fields, **changes})
 
@@ -134,7 +132,7 @@ def test_data_models_are_frozen_and_strict() -> None:
     """Data models are immutable and reject unknown fields."""
     item = work_item()
     with pytest.raises(ValidationError):
-        item.attempt = 2  # type: ignore[misc]
+        item.attempt = 2
     with pytest.raises(ValidationError, match="bogus"):
         work_item(bogus=True)
     with pytest.raises(ValidationError, match="bogus"):

@@ -67,9 +67,7 @@ def renamed_registry(*, with_second_step: bool = True) -> UpcasterRegistry:
 
 def test_a_v1_task_run_transitioned_is_upcast_with_attempt_1() -> None:
     """v1 TaskRunTransitioned records (no `attempt`) decode as attempt 1 at v2."""
-    data = to_dict(
-        TaskRunTransitioned(event_id="e", flow_run_id="f", occurred_at=AT, state={})
-    )
+    data = to_dict(TaskRunTransitioned(event_id="e", flow_run_id="f", occurred_at=AT, state={}))
     data["schema_version"] = 1
     del data["attempt"]
     event = decode(data)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .scenarios import RunObservation, Scenario
+from tests.golden.scenarios import RunObservation, Scenario
 
 JSON = Any
 Blob = Mapping[str, Any]
@@ -60,7 +60,7 @@ STANDARD_KEYS = frozenset(
 """Keys every golden flow file has; any other key is a scenario extra."""
 
 
-# ----- golden files -------------------------------------------------------------------------
+# ----- golden files ------------------------------------------------------------------------------
 
 
 def load_golden(name: str) -> dict[str, JSON]:
@@ -73,9 +73,7 @@ def load_golden(name: str) -> dict[str, JSON]:
 
 def golden_flow_scenarios() -> list[str]:
     """Stems of every golden file that records flow runs."""
-    return sorted(
-        p.stem for p in GOLDEN_DIR.glob("*.json") if p.stem not in NOT_FLOW_SCENARIOS
-    )
+    return sorted(p.stem for p in GOLDEN_DIR.glob("*.json") if p.stem not in NOT_FLOW_SCENARIOS)
 
 
 def golden_extras(golden: Mapping[str, JSON]) -> dict[str, JSON]:
@@ -83,7 +81,7 @@ def golden_extras(golden: Mapping[str, JSON]) -> dict[str, JSON]:
     return {k: v for k, v in golden.items() if k not in STANDARD_KEYS}
 
 
-# ----- encoding values like the recorder did ------------------------------------------------------
+# ----- encoding values like the recorder did -----------------------------------------------------
 
 
 def _is_prefect_signal(value: object) -> bool:
@@ -153,7 +151,7 @@ def entry_from_blob(blob: Blob, value_of: ValueOf) -> dict[str, JSON]:
     if _has_result(blob):
         try:
             entry["result"] = encode_value(value_of(blob))
-        except Exception as exc:  # noqa: BLE001 - shown in the diff instead of aborting it
+        except Exception as exc:  # shown in the diff rather than aborting it
             entry["result"] = {"unhydratable": repr(exc)}
     for name in ("run_count", "loop_count", "n_map_states", "start_time"):
         if name in blob:
@@ -164,9 +162,7 @@ def entry_from_blob(blob: Blob, value_of: ValueOf) -> dict[str, JSON]:
     return entry
 
 
-def _drop_meta_states(
-    entries: list[dict[str, JSON]], value_of: ValueOf
-) -> list[dict[str, JSON]]:
+def _drop_meta_states(entries: list[dict[str, JSON]], value_of: ValueOf) -> list[dict[str, JSON]]:
     kept: list[dict[str, JSON]] = []
     for position, entry in enumerate(entries):
         if entry["state"] not in DROPPED_STATES:
@@ -269,7 +265,7 @@ def final_states_from_sequences(
     return finals
 
 
-# ----- from in-memory states ----------------------------------------------------------------------
+# ----- from in-memory states ---------------------------------------------------------------------
 
 
 def state_value(state: Any, value_of: ValueOf | None = None) -> Any:
@@ -296,14 +292,12 @@ def describe_state(state: Any, value_of: ValueOf | None = None) -> dict[str, JSO
     }
     if state.is_mapped():
         described["children"] = [
-            describe_state(child, value_of)
-            for child in state.map_states
-            if child is not None
+            describe_state(child, value_of) for child in state.map_states if child is not None
         ]
     return described
 
 
-# ----- running a scenario locally -----------------------------------------------------------------
+# ----- running a scenario locally ----------------------------------------------------------------
 
 
 def run_scenario_locally(scenario: Scenario) -> list[RunObservation]:
@@ -336,14 +330,12 @@ def observe_outcome(
             task.name: describe_state(task_state, value_of)
             for task, task_state in task_states.items()
         },
-        sequences=sequences_from_events(
-            outcome.events, flow, value_of, run_index=index
-        ),
+        sequences=sequences_from_events(outcome.events, flow, value_of, run_index=index),
         wall_s=wall_s,
     )
 
 
-# ----- comparing ---------------------------------------------------------------------------------------
+# ----- comparing ---------------------------------------------------------------------------------
 
 
 def _show(value: Any) -> str:
@@ -372,6 +364,10 @@ def _expected(golden: Mapping[str, JSON]) -> dict[str, JSON]:
     return {f: golden[f] for f in fields}
 
 
+_SILENT = " (silent)"
+_MAX_COLUMN = 64
+
+
 def compare_sequence(
     key: str,
     golden: Sequence[Mapping[str, JSON]],
@@ -387,18 +383,19 @@ def compare_sequence(
     if not mismatch:
         return None
     lines = [f"{key}: sequence differs"]
-    width = max(len(_show_entry(g, COMPARED_FIELDS)) for g in golden) + 2
-    lines.append(f"      {'golden (Prefect 1.4.1)':<{width}}ours")
+    widest = max(len(_show_entry(g, COMPARED_FIELDS)) + len(_SILENT) for g in golden)
+    width = min(widest, _MAX_COLUMN)
+    lines.append(f"       {'golden (Prefect 1.4.1)':<{width}} | ours")
     for i in range(max(len(golden), len(ours))):
         g = golden[i] if i < len(golden) else None
         o = ours[i] if i < len(ours) else None
         fields = [f for f in COMPARED_FIELDS if g is not None and f in g]
         same = g is not None and o is not None and _project(o, g) == _expected(g)
         marker = "   " if same else ">> "
-        implicit = " (silent)" if g is not None and g.get("implicit") else ""
+        implicit = _SILENT if g is not None and g.get("implicit") else ""
         left = _show_entry(g, fields or ("message",)) + implicit
         right = _show_entry(o, fields or ("message",))
-        lines.append(f"{marker}{i:>2} {left:<{width}}{right}")
+        lines.append(f"{marker}{i:>2}  {left:<{width}} | {right}")
     return "\n".join(lines)
 
 
@@ -419,9 +416,7 @@ def compare_final_state(
         theirs_kids: Sequence[Mapping[str, JSON]] = golden["children"]
         our_kids: Sequence[Mapping[str, JSON]] = ours.get("children") or []
         if len(theirs_kids) != len(our_kids):
-            problems.append(
-                f"{where}: {len(our_kids)} mapped children, golden {len(theirs_kids)}"
-            )
+            problems.append(f"{where}: {len(our_kids)} mapped children, golden {len(theirs_kids)}")
         for i, (g, o) in enumerate(zip(theirs_kids, our_kids, strict=False)):
             problems += compare_final_state(f"{where} child {i}", g, o)
     return problems
@@ -454,9 +449,7 @@ def compare_run(golden: Mapping[str, JSON], observation: RunObservation) -> list
         )
     prefix = f"run{k}:"
     golden_sequences = {
-        key: seq
-        for key, seq in golden["per_task_sequences"].items()
-        if key.startswith(prefix)
+        key: seq for key, seq in golden["per_task_sequences"].items() if key.startswith(prefix)
     }
     for key, expected_seq in golden_sequences.items():
         problem = compare_sequence(key, expected_seq, observation.sequences.get(key))
@@ -477,21 +470,15 @@ def _normalised(value: Any) -> JSON:
     return json.loads(json.dumps(value, default=repr))
 
 
-def compare_extras(
-    golden: Mapping[str, JSON], observed: Mapping[str, JSON]
-) -> list[str]:
+def compare_extras(golden: Mapping[str, JSON], observed: Mapping[str, JSON]) -> list[str]:
     """Differences between the golden extras and the values the scenario observed."""
     problems: list[str] = []
     expected = golden_extras(golden)
     for key, value in expected.items():
         if key not in observed:
-            problems.append(
-                f"extra {key!r}: not observed by the scenario (golden {_show(value)})"
-            )
+            problems.append(f"extra {key!r}: not observed by the scenario (golden {_show(value)})")
         elif _normalised(observed[key]) != value:
-            problems.append(
-                f"extra {key!r}: ours {_show(observed[key])}, golden {_show(value)}"
-            )
+            problems.append(f"extra {key!r}: ours {_show(observed[key])}, golden {_show(value)}")
     for key in observed:
         if key not in expected:
             problems.append(f"extra {key!r}: observed but absent from the golden file")
@@ -508,9 +495,7 @@ def assert_matches_golden(
     problems: list[str] = []
     expected_runs = len(golden["flow_runs"])
     if len(observations) != expected_runs:
-        problems.append(
-            f"{len(observations)} flow runs observed, golden has {expected_runs}"
-        )
+        problems.append(f"{len(observations)} flow runs observed, golden has {expected_runs}")
     for observation in observations[:expected_runs]:
         problems += compare_run(golden, observation)
     problems += compare_extras(golden, scenario.extras())

@@ -29,7 +29,7 @@ OnPaused = Callable[[Any], bool]
 Handler = Callable[..., Any]
 
 
-# ----- what a scenario is ------------------------------------------------------------------
+# ----- what a scenario is ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class Scenario:
     """Scenario-specific assertions on the observations (timings)."""
 
 
-# ----- helpers for bodies --------------------------------------------------------------------
+# ----- helpers for bodies ------------------------------------------------------------------------
 
 
 def _returns(name: str, value: Any, **settings: Any) -> Any:
@@ -136,7 +136,7 @@ def as_datetime(value: Any) -> datetime:
     raise TypeError(f"not a timestamp: {value!r}")
 
 
-# ----- simple flows ---------------------------------------------------------------------------
+# ----- simple flows ------------------------------------------------------------------------------
 
 
 def plain_success(workdir: Path) -> Scenario:
@@ -199,7 +199,7 @@ def value_passing(workdir: Path) -> Scenario:
     return Scenario("value_passing", "value_passing", make_flow)
 
 
-# ----- retries ---------------------------------------------------------------------------------
+# ----- retries -----------------------------------------------------------------------------------
 
 
 def retry_then_success(workdir: Path) -> Scenario:
@@ -257,13 +257,11 @@ def check_retry_waits_for_retry_delay(observations: Sequence[RunObservation]) ->
     )
     second_at = as_datetime(second_running["occurred_at"])
     early = (start_time - second_at).total_seconds()
-    assert second_at >= start_time, (
-        f"the second attempt started {early:.3f} s before start_time"
-    )
+    assert second_at >= start_time, f"the second attempt started {early:.3f} s before start_time"
 
 
 def retry_delay(workdir: Path) -> Scenario:
-    """retry_delay=2 s: the retry waits until Retrying.start_time; an independent task is unaffected."""
+    """retry_delay=2 s: the retry waits until Retrying.start_time; a sibling is unaffected."""
 
     @task(max_retries=1, retry_delay=timedelta(seconds=2))
     def slow_retry() -> str:
@@ -296,9 +294,7 @@ def retry_on(workdir: Path) -> Scenario:
     def wrong_type() -> str:
         raise TypeError("not retried")
 
-    @task(
-        max_retries=3, retry_delay=timedelta(seconds=0), retry_on=[KeyError, ValueError]
-    )
+    @task(max_retries=3, retry_delay=timedelta(seconds=0), retry_on=[KeyError, ValueError])
     def right_type() -> str:
         if _run_count() < 3:
             raise ValueError("retried")
@@ -313,7 +309,7 @@ def retry_on(workdir: Path) -> Scenario:
     return Scenario("retry_on", "retry_on", make_flow)
 
 
-# ----- skips and upstream failures ----------------------------------------------------------------
+# ----- skips and upstream failures ---------------------------------------------------------------
 
 
 def skip_propagation(workdir: Path) -> Scenario:
@@ -367,9 +363,7 @@ def skipped_upstream_all_finished(workdir: Path) -> Scenario:
             af_noskip(skipped)
         return flow
 
-    return Scenario(
-        "skipped_upstream_all_finished", "skipped_upstream_all_finished", make_flow
-    )
+    return Scenario("skipped_upstream_all_finished", "skipped_upstream_all_finished", make_flow)
 
 
 def failed_upstream_default_trigger(workdir: Path) -> Scenario:
@@ -397,12 +391,10 @@ def failed_upstream_default_trigger(workdir: Path) -> Scenario:
             independent()
         return flow
 
-    return Scenario(
-        "failed_upstream_default_trigger", "failed_upstream_default_trigger", make_flow
-    )
+    return Scenario("failed_upstream_default_trigger", "failed_upstream_default_trigger", make_flow)
 
 
-# ----- triggers ------------------------------------------------------------------------------------
+# ----- triggers ----------------------------------------------------------------------------------
 
 TRIGGER_SCENARIOS: dict[str, Callable[[], Callable[..., bool]]] = {
     "trigger_all_successful": lambda: triggers.all_successful,
@@ -418,7 +410,7 @@ TRIGGER_SCENARIOS: dict[str, Callable[[], Callable[..., bool]]] = {
 
 
 def trigger_scenario(name: str, workdir: Path) -> Scenario:
-    """One trigger over the upstream mixes {S,S} {S,F} {F,F} {S,Skip} {Skip} {} (state-only edges)."""
+    """One trigger over the upstream mixes {S,S} {S,F} {F,F} {S,Skip} {Skip} {} (state edges)."""
     make_trigger = TRIGGER_SCENARIOS[name]
 
     def make_flow() -> Flow:
@@ -535,19 +527,15 @@ def _target_scenario(name: str, workdir: Path, checkpointing: bool) -> Scenario:
 
 def target_local_result_checkpointing_on(workdir: Path) -> Scenario:
     """With checkpointing the target file is written and the second run is Cached from it."""
-    return _target_scenario(
-        "target_local_result_checkpointing_on", workdir, checkpointing=True
-    )
+    return _target_scenario("target_local_result_checkpointing_on", workdir, checkpointing=True)
 
 
 def target_local_result_checkpointing_off(workdir: Path) -> Scenario:
     """Without checkpointing (Prefect's local default) nothing is written; the body runs twice."""
-    return _target_scenario(
-        "target_local_result_checkpointing_off", workdir, checkpointing=False
-    )
+    return _target_scenario("target_local_result_checkpointing_off", workdir, checkpointing=False)
 
 
-# ----- mapping -----------------------------------------------------------------------------------------
+# ----- mapping -----------------------------------------------------------------------------------
 
 
 def map_basic(workdir: Path) -> Scenario:
@@ -652,13 +640,9 @@ def map_flatten_unmapped(workdir: Path) -> Scenario:
 
     def make_flow() -> Flow:
         with Flow("map_flatten_unmapped") as flow:
-            add_100 = add.map(
-                flatten(nested()), y=unmapped(100), task_args={"name": "add_100"}
-            )
+            add_100 = add.map(flatten(nested()), y=unmapped(100), task_args={"name": "add_100"})
             pieces = split.map(add_100)
-            add_1000 = add.map(
-                flatten(pieces), y=unmapped(1000), task_args={"name": "add_1000"}
-            )
+            add_1000 = add.map(flatten(pieces), y=unmapped(1000), task_args={"name": "add_1000"})
             collect_mapped(add_1000)
             collect_flat(flatten(pieces))
         return flow
@@ -666,7 +650,7 @@ def map_flatten_unmapped(workdir: Path) -> Scenario:
     return Scenario("map_flatten_unmapped", "map_flatten_unmapped", make_flow)
 
 
-# ----- looping, pausing, timeouts -------------------------------------------------------------------
+# ----- looping, pausing, timeouts ----------------------------------------------------------------
 
 
 def loop_3_iterations(workdir: Path) -> Scenario:
@@ -734,6 +718,10 @@ def _pause_flow(name: str, gate_calls: list[dict[str, Any]]) -> Callable[[], Flo
     return make_flow
 
 
+APPROVAL_BUDGET = 5
+"""How many pauses the approver approves before it answers 'n' (the recording needs 2)."""
+
+
 def pause_signal_and_manual_only(workdir: Path) -> Scenario:
     """PAUSE in a body and a manual_only trigger, each approved through on_paused."""
     gate_calls: list[dict[str, Any]] = []
@@ -742,9 +730,15 @@ def pause_signal_and_manual_only(workdir: Path) -> Scenario:
     def approver(flow_run: int) -> OnPaused:
         def on_paused(paused: Any) -> bool:
             # Our counterpart of Prefect's stdin prompt, worded as Prefect words it.
+            # It answers 'y' like the recording, but only APPROVAL_BUDGET times: a run
+            # that keeps pausing after approval then stalls (and fails the comparison)
+            # instead of asking forever.
+            approve = len(prompts) < APPROVAL_BUDGET
             prompt = f"{paused.task!r} is currently Paused; enter 'y' to resume:"
-            prompts.append({"flow_run": flow_run, "prompt": prompt, "answer": "y"})
-            return True
+            prompts.append(
+                {"flow_run": flow_run, "prompt": prompt, "answer": "y" if approve else "n"}
+            )
+            return approve
 
         return on_paused
 
@@ -779,9 +773,7 @@ def check_timeout_does_not_wait_for_the_body(
     runs = observations[0].sequences["run0:sleepy"]
     running = next(e for e in runs if e["state"] == "Running")
     timed_out = next(e for e in runs if e["state"] == "TimedOut")
-    elapsed = as_datetime(timed_out["occurred_at"]) - as_datetime(
-        running["occurred_at"]
-    )
+    elapsed = as_datetime(timed_out["occurred_at"]) - as_datetime(running["occurred_at"])
     seconds = elapsed.total_seconds()
     assert 0.9 <= seconds < 2.5, f"TimedOut was recorded {seconds:.3f} s after Running"
     wall = observations[0].wall_s
@@ -813,7 +805,7 @@ def timeout(workdir: Path) -> Scenario:
     )
 
 
-# ----- state handlers ------------------------------------------------------------------------------
+# ----- state handlers ----------------------------------------------------------------------------
 
 
 def state_handler_chain(workdir: Path) -> Scenario:
@@ -882,7 +874,7 @@ def state_handler_chain(workdir: Path) -> Scenario:
     )
 
 
-# ----- the registry -----------------------------------------------------------------------------------
+# ----- the registry ------------------------------------------------------------------------------
 
 Builder = Callable[[Path], Scenario]
 

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 
-from .harness import (
+from tests.golden.harness import (
     assert_matches_golden,
     encode_value,
+    final_states_from_sequences,
     golden_flow_scenarios,
+    load_golden,
     run_scenario_locally,
 )
-from .scenarios import SCENARIOS, RunSpec, build
+from tests.golden.scenarios import SCENARIOS, RunSpec, build
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with empty cache_for buckets and leaves the process's buckets as found.
+
+    Like Prefect's `prefect.context.caches`, the local runner keeps caches for the
+    life of the process (that is what `cache_for` replays); a bucket left by
+    another test would turn our first run into a cache hit.
+    """
+    import engine.flow_runner
+
+    monkeypatch.setattr(engine.flow_runner, "_CACHES", {})
 
 
 def test_every_golden_flow_recording_has_a_scenario() -> None:
@@ -21,12 +37,19 @@ def test_every_golden_flow_recording_has_a_scenario() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_scenario_reproduces_the_prefect_golden_recording(
-    name: str, tmp_path: Path
-) -> None:
+def test_scenario_reproduces_the_prefect_golden_recording(name: str, tmp_path: Path) -> None:
     """Sequences, final task and flow states and extras match the Prefect 1.4.1 recording."""
     scenario = build(name, tmp_path)
     assert_matches_golden(scenario, run_scenario_locally(scenario))
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_ledger_alone_rebuilds_every_final_task_state(name: str, tmp_path: Path) -> None:
+    """Final states folded from the ledger equal the runner's in-memory final states."""
+    scenario = build(name, tmp_path)
+    for observation in run_scenario_locally(scenario):
+        rebuilt = final_states_from_sequences(observation.sequences, observation.index)
+        assert rebuilt == observation.task_final_states
 
 
 def test_pause_is_approved_through_on_paused_instead_of_stdin(tmp_path: Path) -> None:
@@ -54,7 +77,7 @@ def test_a_run_without_on_paused_returns_with_the_flow_running(tmp_path: Path) -
 
 
 def test_local_runs_do_not_checkpoint_unless_told(tmp_path: Path) -> None:
-    """Deliberate difference: the services checkpoint by default, the local runner follows Prefect."""
+    """Deliberate difference: services checkpoint by default, the local runner follows Prefect."""
     scenario = build("target_local_result_checkpointing_off", tmp_path)
     untold = RunSpec()
     kwargs = untold.runner_kwargs()
@@ -83,3 +106,17 @@ def test_encode_value_writes_values_as_the_golden_recorder_did() -> None:
         {"exception": "KeyError", "repr": "KeyError('k')"},
     ]
     assert encode_value(object)["repr"] == "<class 'object'>"
+
+
+def test_a_difference_from_the_golden_recording_is_reported_per_task_run(tmp_path: Path) -> None:
+    """The harness names the task run and the entry that differs (it cannot pass vacuously)."""
+    scenario = build("plain_success", tmp_path)
+    golden = copy.deepcopy(load_golden("plain_success"))
+    golden["per_task_sequences"]["run0:one"][2]["result"] = 2
+    golden["flow_runs"][0]["task_final_states"]["one"]["message"] = "changed"
+    with pytest.raises(AssertionError) as failure:
+        assert_matches_golden(scenario, run_scenario_locally(scenario), golden)
+    report = str(failure.value)
+    assert "2 difference(s)" in report
+    assert "run0:one: sequence differs" in report
+    assert "run0:one final state: message" in report

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -21,7 +22,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from services.broker import EmbeddedBroker
 from services.settings import Settings
 from services.topics import RETENTION_FOREVER_MS, SEVEN_DAYS_MS, TOPICS, ensure_topics
-from tests.integration.faust_support import RunLedgerFaustApp, faust_options
+from tests.integration.faust_support import LowLatencyConsumer, RunLedgerFaustApp, faust_options
 from tests.integration.procnet import listening_addresses
 
 pytestmark = pytest.mark.integration
@@ -145,7 +146,10 @@ async def test_faust_agent_receives_events_with_the_lowered_fetch_wait(
         **faust_options(kafka_settings),
     )
     topic = app.topic(
-        f"{kafka_settings.topic_prefix}smoke", value_type=bytes, value_serializer="raw", partitions=4
+        f"{kafka_settings.topic_prefix}smoke",
+        value_type=bytes,
+        value_serializer="raw",
+        partitions=4,
     )
     received: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -159,8 +163,9 @@ async def test_faust_agent_receives_events_with_the_lowered_fetch_wait(
     await producer.start()
     try:
         await _eventually(lambda: bool(app.consumer.assignment()), 30, "partition assignment")
-        fetcher = app.consumer._thread._consumer._fetcher
-        assert fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms
+        consumer = cast(LowLatencyConsumer, app.consumer)._thread._consumer
+        assert consumer is not None
+        assert consumer._fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms
         latencies: list[float] = []
         for i in range(20):
             sent_at = time.monotonic()
@@ -175,7 +180,9 @@ async def test_faust_agent_receives_events_with_the_lowered_fetch_wait(
         await app.stop()
 
 
-async def _echo_round_trip(settings: Settings, payload: bytes) -> bytes:
+async def _echo_round_trip(
+    settings: Settings, payload: bytes, worker: subprocess.Popen[bytes]
+) -> bytes:
     """Send *payload* to the echo worker's input and return its first reply."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers)
     await admin.start()
@@ -200,13 +207,16 @@ async def _echo_round_trip(settings: Settings, payload: bytes) -> bytes:
     try:
         await producer.send_and_wait(f"{settings.topic_prefix}echo-in", payload)
         async with asyncio.timeout(90):
-            record = await consumer.getone()
+            while True:
+                assert worker.poll() is None, f"the worker exited with status {worker.returncode}"
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        assert record.value is not None
+                        value: bytes = record.value
+                        return value
     finally:
         await consumer.stop()
         await producer.stop()
-    assert record.value is not None
-    value: bytes = record.value
-    return value
 
 
 def _stop_by_pid(process: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
@@ -240,7 +250,7 @@ async def test_faust_worker_subprocess_replies_and_serves_web_on_loopback(
     argv = [sys.executable, "-W", "error", "-m", "tests.integration.faust_echo", "worker"]
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [*argv, "--loglevel", "warning"],
+            [*argv, "--loglevel", "warn"],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -248,7 +258,7 @@ async def test_faust_worker_subprocess_replies_and_serves_web_on_loopback(
             stderr=subprocess.STDOUT,
         )
     try:
-        reply = await _echo_round_trip(kafka_settings, b"hello")
+        reply = await _echo_round_trip(kafka_settings, b"hello", worker)
         assert reply == f"HELLO {worker.pid}".encode()
         await _eventually(
             lambda: ("127.0.0.1", free_port) in listening_addresses(worker.pid),

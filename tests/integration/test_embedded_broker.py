@@ -101,15 +101,42 @@ def test_start_and_stop_by_pid(tmp_path: Path) -> None:
     broker.stop()  # a second stop is harmless
 
 
-def test_a_port_in_use_fails_fast_and_leaves_no_process(tmp_path: Path) -> None:
-    """When Tansu cannot bind, start() raises with the log tail and nothing keeps running."""
+def test_a_port_in_use_is_refused_before_launching(tmp_path: Path) -> None:
+    """A taken port is reported at once; nothing is started."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        broker = EmbeddedBroker(port=port, log_dir=tmp_path, startup_timeout_s=20)
-        with pytest.raises(BrokerError):
+        broker = EmbeddedBroker(port=port, log_dir=tmp_path)
+        with pytest.raises(BrokerError, match="already in use"):
             broker.start()
+    assert broker.pid is None
+
+
+def _fake_binary(tmp_path: Path, script: str) -> Path:
+    path = tmp_path / "fake-tansu"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_broker_that_exits_early_is_reported_with_its_log(tmp_path: Path) -> None:
+    """start() raises with the exit status and the log tail when the process dies."""
+    binary = _fake_binary(tmp_path, "echo 'cannot start: no reason'; exit 3")
+    broker = EmbeddedBroker(log_dir=tmp_path, binary=binary)
+    with pytest.raises(BrokerError, match=r"(?s)exited with status 3.*no reason"):
+        broker.start()
+    assert broker.pid is None
+
+
+def test_a_broker_that_never_listens_times_out_and_is_stopped(tmp_path: Path) -> None:
+    """start() gives up after startup_timeout_s and stops what it launched."""
+    binary = _fake_binary(tmp_path, "exec sleep 60")
+    broker = EmbeddedBroker(log_dir=tmp_path, binary=binary, startup_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="did not open its port"):
+        broker.start()
+    assert time.monotonic() - started < 10
     assert broker.pid is None
 
 
@@ -156,7 +183,7 @@ def _start_cli(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[s
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_cli_broker_runs_in_foreground_and_stops_cleanly(
     stop_signal: signal.Signals, free_port: int, tmp_path: Path
 ) -> None:
