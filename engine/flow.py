@@ -57,6 +57,7 @@ class Flow:
         self.result = result
         self._token: Token[Flow | None] | None = None
         self._sorted: list[Task] | None = None
+        self._lookups: dict[str, dict[Any, Any]] = {}
         for t in tasks or ():
             self.add_task(t)
         for e in edges or ():
@@ -99,7 +100,12 @@ class Flow:
         self._edges_to[task] = []
         self._edges_from[task] = []
         self._sorted = None
+        self._lookups.clear()
         return task
+
+    def lookup_cache(self, name: str) -> dict[Any, Any]:
+        """A memo for lookups derived from the graph; emptied whenever the graph changes."""
+        return self._lookups.setdefault(name, {})
 
     def _next_slug(self, name: str) -> str:
         used = set(self.slugs.values())
@@ -150,6 +156,7 @@ class Flow:
         self._edges_to[downstream_task].append(edge)
         self._edges_from[upstream_task].append(edge)
         self._sorted = None
+        self._lookups.clear()
         return edge
 
     def _reaches(self, start: Task, goal: Task) -> bool:
@@ -198,10 +205,10 @@ class Flow:
         ]
 
     def task_by_slug(self, slug: str) -> Task:
-        for t, s in self.slugs.items():
-            if s == slug:
-                return t
-        raise KeyError(slug)
+        by_slug = self.lookup_cache("task_by_slug")
+        if not by_slug:
+            by_slug.update((s, t) for t, s in self.slugs.items())
+        return by_slug[slug]  # type: ignore[no-any-return]
 
     def sorted_tasks(self) -> list[Task]:
         """Tasks in a stable topological order (insertion order breaks ties)."""

@@ -134,10 +134,4 @@ def blob_of(state: State, store: ResultStore, key: str) -> dict[str, Any]:
 
 def state_of(blob: dict[str, Any], store: ResultStore) -> State:
     """The State a blob describes, its result value (and a wrapped state's) hydrated."""
-    state = State.deserialize(blob)
-    if state.is_meta_state() and isinstance(blob.get("state"), dict):
-        state = state.copy_with(state=state_of(blob["state"], store))
-    result_blob = blob.get("_result")
-    if isinstance(result_blob, dict) and result_blob.get("type") != "NoResultType":
-        state = state.copy_with(result=store.hydrate(result_blob))
-    return state
+    return State.deserialize(blob, store.hydrate)

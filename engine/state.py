@@ -9,7 +9,7 @@ defaults that Prefect derived from "now" mean "immediately" / "indefinitely".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, NoReturn, Self, overload
@@ -53,6 +53,7 @@ _UTC = pendulum.UTC
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 Blob = dict[str, Any]
+ResultLoader = Callable[[dict[str, Any]], Result]
 
 
 class UnknownStateType(ValueError):
@@ -321,19 +322,26 @@ class State:
         """Add the subclass fields to a blob."""
 
     @staticmethod
-    def deserialize(blob: Mapping[str, Any]) -> State:
-        """Rebuild a state of any class from `serialize()` output."""
+    def deserialize(blob: Mapping[str, Any], hydrate: ResultLoader | None = None) -> State:
+        """Rebuild a state of any class from `serialize()` output.
+
+        Results come back as references unless `hydrate` turns a result blob into
+        a Result with its value (e.g. read from a result store).
+        """
         cls = state_class(blob.get("type"))
-        return cls(**cls._load_fields(blob))
+        return cls(**cls._load_fields(blob, hydrate))
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
         """Constructor keywords from a blob."""
         result = blob.get("_result")
         inputs = blob.get("cached_inputs") or {}
+        load = hydrate or result_from_blob
         return {
             "message": blob.get("message"),
-            "result": NoResult if result is None else result_from_blob(result),
+            "result": NoResult if result is None else load(result),
             "context": blob.get("context"),
             "cached_inputs": {k: result_from_blob(v) for k, v in inputs.items()},
         }
@@ -391,8 +399,10 @@ class Scheduled(Pending):
         blob["start_time"] = _iso(self.start_time)
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         fields["start_time"] = _parse_time(blob.get("start_time"))
         return fields
 
@@ -447,8 +457,10 @@ class Retrying(Scheduled):
         blob["run_count"] = self.run_count
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         fields["run_count"] = blob.get("run_count")
         return fields
 
@@ -488,10 +500,12 @@ class _MetaState(State):
         blob["state"] = None if self._state is None else self._state.serialize()
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         inner = blob.get("state")
-        fields["state"] = None if inner is None else State.deserialize(inner)
+        fields["state"] = None if inner is None else State.deserialize(inner, hydrate)
         return fields
 
 
@@ -534,8 +548,10 @@ class Queued(_MetaState):
         super()._dump_fields(blob)
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         fields["start_time"] = _parse_time(blob.get("start_time"))
         return fields
 
@@ -594,8 +610,10 @@ class Looped(Finished):
         blob["loop_count"] = self.loop_count
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         fields["loop_count"] = blob.get("loop_count")
         return fields
 
@@ -649,8 +667,10 @@ class Cached(Success):
         blob["hashed_inputs"] = _thaw(self.hashed_inputs)
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         fields["cached_parameters"] = blob.get("cached_parameters")
         fields["cached_result_expiration"] = _parse_time(blob.get("cached_result_expiration"))
         fields["hashed_inputs"] = blob.get("hashed_inputs")
@@ -703,8 +723,10 @@ class Mapped(Success):
         blob["n_map_states"] = self.n_map_states
 
     @classmethod
-    def _load_fields(cls, blob: Mapping[str, Any]) -> dict[str, Any]:
-        fields = super()._load_fields(blob)
+    def _load_fields(
+        cls, blob: Mapping[str, Any], hydrate: ResultLoader | None = None
+    ) -> dict[str, Any]:
+        fields = super()._load_fields(blob, hydrate)
         n = blob.get("n_map_states") or 0
         fields["map_states"] = (None,) * n
         fields["n_map_states"] = n

@@ -52,6 +52,7 @@ class _Proposer:
     ) -> None:
         self.work, self.submit, self.next_id = work, submit, next_id
         self.store, self.clock, self.worker = store, clock, worker
+        self.cause = construct(Cause, command_id=None, worker=worker)
         self.seq = work.expected_seq
         self.pending: State | None = None
         self.map_children: int | None = None
@@ -85,7 +86,7 @@ class _Proposer:
             task_slug=work.slug,
             map_index=work.map_index,
             occurred_at=self.clock(),
-            cause=construct(Cause, command_id=None, worker=self.worker),
+            cause=self.cause,
             expected_seq=self.seq,
             attempt=work.attempt,
             state=blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
@@ -107,6 +108,14 @@ def _claim_accepted(command: TransitionProposed, facts: list[Event]) -> bool:
 
 
 def _edge_lookup(flow: Flow, task: Task) -> dict[tuple[str, str | None, bool, bool], Edge]:
+    cache = flow.lookup_cache("edges_by_plan_key")
+    found = cache.get(task)
+    if found is None:
+        found = cache[task] = _edges_by_plan_key(flow, task)
+    return found
+
+
+def _edges_by_plan_key(flow: Flow, task: Task) -> dict[tuple[str, str | None, bool, bool], Edge]:
     return {
         (flow.slugs[e.upstream_task], e.key, e.mapped, e.flattened): e for e in flow.edges_to(task)
     }

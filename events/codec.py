@@ -23,6 +23,9 @@ from events.upcasting import UPCASTERS, UpcasterRegistry
 
 _BASE64_PREFIX = "base64:"
 
+RecordData = bytes | bytearray | memoryview | str | Mapping[str, Any]
+"""What `decode` accepts: a record value (JSON bytes or text) or a parsed mapping."""
+
 
 def encode(event: Event) -> bytes:
     """Compact UTF-8 JSON of `event` (datetimes as ISO-8601 UTC, ``...Z``)."""
@@ -50,15 +53,15 @@ class EventDecoder:
         self.upcasters = upcasters
         self._versions = {n: current_version(c) for n, c in self.event_types.items()}
 
-    def decode(self, data: bytes | str | Mapping[str, Any]) -> Event:
+    def decode(self, data: RecordData) -> Event:
         """Decode one record (JSON bytes/str or a parsed mapping) into an event."""
         return self._decode(data, commands_only=False)
 
-    def decode_command(self, data: bytes | str | Mapping[str, Any]) -> Command:
+    def decode_command(self, data: RecordData) -> Command:
         """Like `decode`, but refuse facts: clients may submit commands only."""
         return cast(Command, self._decode(data, commands_only=True))
 
-    def _decode(self, data: bytes | str | Mapping[str, Any], *, commands_only: bool) -> Event:
+    def _decode(self, data: RecordData, *, commands_only: bool) -> Event:
         payload = _load(data)
         event_type = payload.get("type")
         if not isinstance(event_type, str):
@@ -86,15 +89,14 @@ class EventDecoder:
             raise MalformedEvent(_where(payload) + _summary(exc)) from None
 
 
-def _load(data: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(data, Mapping):
-        return data
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        raw: bytes | str = bytes(data)
-    elif isinstance(data, str):
+def _load(data: RecordData) -> Mapping[str, Any]:
+    raw: bytes | str
+    if isinstance(data, (bytes, str)):  # the hot path: record values from Kafka
         raw = data
+    elif isinstance(data, Mapping):
+        return data
     else:
-        raise MalformedEvent(f"cannot decode an event from {type(data).__name__}")
+        raw = bytes(data)
     try:
         parsed = pydantic_core.from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
@@ -126,7 +128,7 @@ def _summary(exc: ValidationError) -> str:
 _DEFAULT = EventDecoder()
 
 
-def decode(data: bytes | str | Mapping[str, Any]) -> Event:
+def decode(data: RecordData) -> Event:
     """Decode one record into the event of its `type`, upcasting old versions.
 
     Raises `MalformedEvent`, `UnknownEventType` or `UnsupportedSchemaVersion`
@@ -135,7 +137,7 @@ def decode(data: bytes | str | Mapping[str, Any]) -> Event:
     return _DEFAULT.decode(data)
 
 
-def decode_command(data: bytes | str | Mapping[str, Any]) -> Command:
+def decode_command(data: RecordData) -> Command:
     """Decode a record submitted to the commands topic; facts raise `NotACommand`."""
     return _DEFAULT.decode_command(data)
 

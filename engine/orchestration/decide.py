@@ -96,7 +96,7 @@ class _Decision:
     ) -> None:
         self.emit(
             TaskRunTransitioned,
-            task_run_id=self.view.run_id(slug, map_index),
+            task_run_id=record.task_run_id if record else self.view.run_id(slug, map_index),
             task_slug=slug,
             map_index=map_index,
             seq=(record.seq if record else 0) + 1,

@@ -81,12 +81,15 @@ class RunLedgerFaustApp(faust.App):
 def faust_options(settings: Settings) -> dict[str, Any]:
     """faust App keyword options derived from RunLedger settings.
 
-    Every value is explicit: faust otherwise also reads unprefixed environment
-    variables (``BROKER_SESSION_TIMEOUT`` ...) and defaults to a 60 s session,
-    which makes the first group join take ~30 s.
+    ``env={}``: faust reads unprefixed environment variables (``BROKER_SESSION_TIMEOUT``,
+    ``WEB_PORT``, ...) and they *override* the keyword arguments given to the App;
+    an empty mapping makes ``RUNLEDGER_*`` the only configuration. Session values are
+    explicit because faust's 60 s default session makes the first group join take
+    ~30 s on Tansu (it holds a first JoinGroup for about half the session timeout).
     """
     session_s = settings.session_timeout_ms / 1000
     return {
+        "env": {},
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
         "store": "memory://",
         "processing_guarantee": "at_least_once",  # exactly_once dies on Tansu

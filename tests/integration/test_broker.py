@@ -180,6 +180,17 @@ async def test_faust_agent_receives_events_with_the_lowered_fetch_wait(
         await app.stop()
 
 
+def test_faust_ignores_its_unprefixed_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, kafka_settings: Settings
+) -> None:
+    """faust's own env vars (which override App keywords) cannot change a RunLedger app."""
+    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "99")
+    monkeypatch.setenv("WEB_BIND", "0.0.0.0")
+    app = RunLedgerFaustApp(kafka_settings.app_id, **faust_options(kafka_settings))
+    assert app.conf.broker_session_timeout == kafka_settings.session_timeout_ms / 1000
+    assert app.conf.web_bind == "127.0.0.1"
+
+
 async def _echo_round_trip(
     settings: Settings, payload: bytes, worker: subprocess.Popen[bytes]
 ) -> bytes:
