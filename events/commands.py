@@ -80,3 +80,6 @@ class SchedulerTicked(Command):
 
     type: Literal["scheduler_ticked"] = "scheduler_ticked"
     schema_version: Literal[1] = 1
+    heartbeat_timeout_s: float | None = None
+    """When set, a Running attempt whose last heartbeat (or claim) is older than
+    this is declared lost: it fails, and is retried if its budget allows."""

@@ -51,10 +51,10 @@ def construct(cls: type[M], **fields: Any) -> M:
 
     Unknown or missing required fields raise `TypeError`; values are not checked.
     """
-    defaults, factories, required = _spec_of(cls)
-    values = defaults.copy()
-    values.update(fields)
-    if len(values) != len(defaults) or not fields.keys() >= required:
+    spec = _specs.get(cls) or _spec_of(cls)
+    defaults, factories, required = spec
+    values = {**defaults, **fields}
+    if len(values) != len(defaults) or not required <= fields.keys():
         missing = sorted(n for n, v in values.items() if v is _REQUIRED)
         unknown = sorted(fields.keys() - defaults.keys())
         raise TypeError(f"{cls.__name__}: missing fields {missing}, unknown fields {unknown}")

@@ -3,7 +3,8 @@
 An upcaster is a plain function ``fn(payload) -> payload`` that takes a record of
 one type at ``from_version`` and returns it at ``from_version + 1``. Chains run
 one step at a time up to the class's current version. Upcasters receive a
-private shallow copy of the record and may change it in place; the chain sets
+private shallow copy of the record: they may add, remove and replace top-level
+keys in place, but must copy a nested object before changing it. The chain sets
 ``schema_version`` after each step, so an upcaster need not.
 
 Registries are values: the global `UPCASTERS` is used by the codec, and tests

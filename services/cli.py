@@ -3,29 +3,124 @@
 To add a subcommand, write ``cmd_<name>(args, settings) -> int`` and register it
 in `build_parser` with ``_add(subparsers, "<name>", cmd_<name>, summary=...)``.
 Settings come from ``RUNLEDGER_*`` environment variables (`services.settings`).
+
+Exit status: 0 success; 1 the run (or command) failed, was refused, or a service
+could not be reached; 2 bad arguments or configuration (never a traceback);
+3 timed out waiting (the run goes on); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import FrameType
+from typing import Any
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
+from rich.console import Console
 
+from events import TransitionRejected
 from services.broker import BrokerError, EmbeddedBroker, check_loopback
+from services.client import (
+    Client,
+    RunRejected,
+    change_of,
+    flow_run_id_of_task_run,
+    parse_flow_ref,
+)
 from services.settings import Settings
+from services.watch import RunProgress, render, watch_run
 
-__all__ = ["build_parser", "cmd_broker", "main"]
+__all__ = ["build_parser", "main"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_INTERRUPTED = 130
+
+
+# ----- argument types (argparse turns ArgumentTypeError into a usage error, exit 2) ------
+
+
+def parameter(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it parses (``3``, ``true``, ``[1,2]``), else text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def flow_ref(text: str) -> str:
+    """``package.module:attr``, checked like the ledger will."""
+    try:
+        parse_flow_ref(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (0-65535), got {value}")
+    return value
+
+
+def flow_run_id(text: str) -> str:
+    if not text.strip() or "/" in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a flow run id (a task run id has '/' in it: use resume)"
+        )
+    return text
+
+
+def task_run_id(text: str) -> str:
+    try:
+        flow_run_id_of_task_run(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# ----- the parser ------------------------------------------------------------------------
 
 
 def _add(
@@ -44,12 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
         prog="runledger",
-        description="RunLedger: an event-sourced task-run state machine on Kafka.",
+        description="RunLedger: an event-sourced task-run state machine on Kafka. "
+        "Configuration: RUNLEDGER_* environment variables (see the README).",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=None,
+        help="log level (default: INFO for services, WARNING for client commands)",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_service_commands(subparsers)
+    _add_client_commands(subparsers)
+    return parser
 
+
+def _add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     broker = _add(
-        subparsers,
+        sub,
         "broker",
         cmd_broker,
         summary="run the embedded Kafka-compatible broker (Tansu, memory only) in the foreground",
@@ -65,7 +172,144 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="loopback address to bind (default: 127.0.0.1; other addresses are refused)",
     )
-    return parser
+    _add(sub, "ledger", cmd_ledger, summary="run the ledger role (and its scheduler)")
+    worker = _add(sub, "worker", cmd_worker, summary="run a worker: executes task runs")
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="task bodies run at the same time (default: RUNLEDGER_WORKER_CONCURRENCY)",
+    )
+    _add(sub, "api", cmd_api, summary="run the HTTP JSON api over the ledger")
+    serve = _add(sub, "serve", cmd_serve, summary="run ledger, worker and api in one process")
+    serve.add_argument("--concurrency", type=positive_int, default=None, metavar="N")
+    dev = _add(
+        sub,
+        "dev",
+        cmd_dev,
+        summary="start the embedded broker, ledger, worker and api; print where they are",
+    )
+    dev.add_argument(
+        "--port",
+        type=port,
+        default=None,
+        help="broker port (default: the port of RUNLEDGER_BROKERS; 0 picks a free one)",
+    )
+    dev.add_argument("--web-port", type=port, default=None, help="api port (RUNLEDGER_WEB_PORT)")
+    dev.add_argument("--concurrency", type=positive_int, default=None, metavar="N")
+    demo = _add(
+        sub,
+        "demo",
+        cmd_demo,
+        summary="start a private broker and the services, run the example flow twice, stop all",
+    )
+    demo.add_argument(
+        "-n", type=positive_int, default=5, help="how many inputs the flow maps over (default 5)"
+    )
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = _add(
+        sub,
+        "run",
+        cmd_run,
+        summary="submit a flow run and wait for it; exit 0 only if it succeeded",
+    )
+    run.add_argument("flow", type=flow_ref, metavar="MODULE:FLOW", help="e.g. examples.demo:flow")
+    run.add_argument(
+        "-p",
+        "--param",
+        type=parameter,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a flow parameter (repeatable); the value is JSON if it parses, else text",
+    )
+    run.add_argument("--watch", action="store_true", help="show a live table of task states")
+    run.add_argument(
+        "--idempotency-key",
+        default=None,
+        metavar="KEY",
+        help="the same key always names the same flow run: a repeated run starts nothing new",
+    )
+    run.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="stop waiting after S seconds (exit 3; the run goes on)",
+    )
+    run.add_argument(
+        "--detach", action="store_true", help="print the flow run id and exit without waiting"
+    )
+    cancel = _add(sub, "cancel", cmd_cancel, summary="cancel a running flow run")
+    cancel.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
+    cancel.add_argument("--reason", default=None, help="recorded with the cancellation")
+    _add_answer_options(cancel)
+    resume = _add(sub, "resume", cmd_resume, summary="resume a paused task run")
+    resume.add_argument("task_run_id", type=task_run_id, metavar="TASK_RUN_ID")
+    _add_answer_options(resume)
+
+
+def _add_answer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="how long to wait for the ledger's answer (default 10)",
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="send the command without waiting for the answer"
+    )
+
+
+# ----- helpers ---------------------------------------------------------------------------
+
+
+def _fail(command: str, message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"runledger {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _run_async(command: str, coro: Coroutine[Any, Any, int]) -> int:
+    """Run a client coroutine, turning environment errors into messages and exit codes."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        return _fail(command, "interrupted", EXIT_INTERRUPTED)
+    except KafkaError as exc:
+        return _fail(command, f"Kafka error: {exc} (is a broker running? check RUNLEDGER_BROKERS)")
+
+
+def _serve(command: str, settings: Settings, roles: Sequence[str]) -> int:
+    from services.dev import serve_roles
+
+    def started() -> None:
+        print(
+            f"runledger {command}: {', '.join(roles)} running against {settings.brokers} "
+            f"(topics {settings.topic_prefix}*); Ctrl-C stops",
+            flush=True,
+        )
+
+    try:
+        serve_roles(settings, roles, on_started=started)
+    except KafkaError as exc:
+        return _fail(command, f"Kafka error: {exc} (is a broker running at {settings.brokers}?)")
+    except OSError as exc:  # e.g. the web port is taken
+        return _fail(command, str(exc))
+    print(f"runledger {command}: stopped", flush=True)
+    return EXIT_OK
+
+
+def _concurrency(settings: Settings, value: int | None) -> Settings:
+    from services.dev import with_overrides
+
+    return settings if value is None else with_overrides(settings, worker_concurrency=value)
+
+
+# ----- service commands ------------------------------------------------------------------
 
 
 def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,6 +358,155 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(sig, handler)
 
 
+def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    """The ledger role: the single writer of the ledger, and the scheduler."""
+    return _serve("ledger", settings, ("ledger",))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A worker: runs task bodies, `--concurrency` at a time."""
+    return _serve("worker", _concurrency(settings, args.concurrency), ("worker",))
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    """The HTTP api over the ledger."""
+    return _serve("api", settings, ("api",))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Every role in this one process."""
+    from services.dev import ROLES
+
+    return _serve("serve", _concurrency(settings, args.concurrency), ROLES)
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Embedded broker + every role, until Ctrl-C."""
+    from services.dev import run_dev, with_overrides
+
+    if args.web_port is not None:
+        settings = with_overrides(settings, web_port=args.web_port)
+    settings = _concurrency(settings, args.concurrency)
+    try:
+        run_dev(settings, broker_port=args.port)
+    except BrokerError as exc:
+        hint = " (another `runledger dev` or broker? use --port)" if "in use" in str(exc) else ""
+        return _fail("dev", f"{exc}{hint}")
+    except KafkaError as exc:
+        return _fail("dev", f"Kafka error: {exc}")
+    except OSError as exc:
+        return _fail("dev", str(exc))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """The two-minute tour: private broker, services, the example flow twice."""
+    from services.demo import run_demo
+
+    return run_demo(settings, n=args.n)
+
+
+# ----- client commands -------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Submit a flow run; wait for it (live with --watch); exit 0 only on success."""
+    parameters: dict[str, Any] = {}
+    for key, value in args.param:
+        if key in parameters:
+            return _fail("run", f"parameter {key!r} is given twice", EXIT_USAGE)
+        parameters[key] = value
+    if args.detach and args.watch:
+        return _fail("run", "--detach and --watch exclude each other", EXIT_USAGE)
+    return _run_async("run", _run(args, settings, parameters))
+
+
+async def _run(args: argparse.Namespace, settings: Settings, parameters: dict[str, Any]) -> int:
+    console = Console()
+    async with Client(settings) as client:
+        run_id = await client.submit(args.flow, parameters, idempotency_key=args.idempotency_key)
+        if args.detach:
+            print(run_id)
+            return EXIT_OK
+        console.print(f"submitted flow run [bold]{run_id}[/] ({args.flow})", highlight=False)
+        try:
+            if args.watch:
+                progress = await watch_run(client, run_id, console=console, timeout=args.timeout)
+            else:
+                progress = RunProgress.from_view(await client.wait(run_id, args.timeout))
+                console.print(render(progress))
+        except RunRejected as exc:
+            return _fail("run", str(exc))
+        except TimeoutError as exc:
+            return _fail("run", f"{exc}; it goes on (runledger cancel {run_id})", EXIT_TIMEOUT)
+    if progress.run_rejected is not None:
+        return _fail("run", f"flow run {run_id} was rejected: {progress.run_rejected}")
+    if progress.successful:
+        console.print(f"flow run {run_id} finished: [green]{progress.flow_state}[/]")
+        return EXIT_OK
+    return _fail(
+        "run", f"flow run {run_id} finished {progress.flow_state}: {progress.flow_message}"
+    )
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the ledger to cancel a flow run, and report its answer."""
+
+    def send(client: Client) -> Awaitable[str]:
+        return client.cancel(args.flow_run_id, reason=args.reason)
+
+    return _run_async("cancel", _command("cancel", args, settings, args.flow_run_id, send))
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask the ledger to resume a paused task run, and report its answer."""
+
+    def send(client: Client) -> Awaitable[str]:
+        return client.resume(args.task_run_id)
+
+    flow_run = flow_run_id_of_task_run(args.task_run_id)
+    return _run_async("resume", _command("resume", args, settings, flow_run, send))
+
+
+async def _command(
+    name: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    flow_run: str,
+    send: Callable[[Client], Awaitable[str]],
+) -> int:
+    async with Client(settings) as client:
+        command_id = await send(client)
+        if args.no_wait:
+            print(f"runledger {name}: sent (command {command_id})")
+            return EXIT_OK
+        try:
+            facts = await client.answer(flow_run, command_id, timeout=args.timeout)
+        except TimeoutError as exc:
+            return _fail(name, str(exc), EXIT_TIMEOUT)
+    rejected = [f for f in facts if isinstance(f, TransitionRejected)]
+    if rejected:
+        return _fail(name, f"refused by the ledger: {rejected[0].reason}")
+    changes = [c for c in map(change_of, facts) if c is not None]
+    moved = ", ".join(f"{c.task_slug or 'flow run'} -> {c.state_type}" for c in changes)
+    print(f"runledger {name}: accepted ({moved or 'no state change'})")
+    return EXIT_OK
+
+
+# ----- entry point -----------------------------------------------------------------------
+
+_SERVICE_COMMANDS = {cmd_broker, cmd_ledger, cmd_worker, cmd_api, cmd_serve, cmd_dev}
+
+
+def _configure_logging(level: str | None, command: Command) -> None:
+    default = "INFO" if command in _SERVICE_COMMANDS else "WARNING"
+    logging.basicConfig(
+        level=level or default,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``runledger`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -123,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"runledger: invalid RUNLEDGER_* configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     command: Command = args.command
+    _configure_logging(args.log_level, command)
     return command(args, settings)
 
 

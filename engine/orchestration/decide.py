@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from engine.orchestration import states as blobs
@@ -395,11 +395,39 @@ def _set_state_requested(d: _Decision) -> None:
 
 
 def _scheduler_ticked(d: _Decision) -> None:
+    command = d.command
+    assert isinstance(command, SchedulerTicked)
+    if command.heartbeat_timeout_s is not None:
+        _fail_lost_attempts(d, command.heartbeat_timeout_s)
     for run_id in list(d.view.scheduled.keys()):
         record = d.view.task_runs.get(run_id)
         if record is not None and _dispatchable(d, record):
             _dispatch(d, record)
     _finish_flow_if_done(d)
+
+
+def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
+    """Running attempts whose worker went silent fail (and retry if they may)."""
+    assert d.view.index is not None
+    for run_id in list(d.view.running.keys()):
+        record = d.view.task_runs[run_id]
+        beat = record.last_heartbeat
+        if record.state_type != "Running" or beat is None:
+            continue
+        if (d.now - beat).total_seconds() <= timeout_s:
+            continue
+        message = (
+            f"No heartbeat from the worker running attempt {record.attempt} for "
+            f"{timeout_s:g} s; the attempt is considered lost."
+        )
+        plan_task = d.view.index.tasks[record.slug]
+        retry = record.attempt <= plan_task.max_retries
+        d.move(record, record.slug, record.map_index, blobs.failed(message), final=not retry)
+        if retry:
+            delay = timedelta(seconds=plan_task.retry_delay_s or 0)
+            retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
+            d.move(d.view.task_runs[run_id], record.slug, record.map_index, retrying)
+        _react(d, record.slug, record.map_index)
 
 
 def _heartbeat_sent(d: _Decision) -> None:

@@ -25,7 +25,6 @@ from events import (
 
 Changes = dict[str, Any]
 _FIELDS = tuple(f.name for f in fields(FlowRunView))
-_RECORD_FIELDS = tuple(f.name for f in fields(TaskRunRecord))
 _set = object.__setattr__
 _new = object.__new__
 
@@ -92,13 +91,6 @@ def fold(
     return view
 
 
-def _record_with(record: TaskRunRecord, **changes: Any) -> TaskRunRecord:
-    new = _new(TaskRunRecord)
-    for name in _RECORD_FIELDS:
-        _set(new, name, changes[name] if name in changes else getattr(record, name))
-    return new
-
-
 def _check_seq(current: int, seq: int | None, what: str) -> bool:
     """True to apply, False for a duplicate; raises on a gap."""
     if seq is None:
@@ -143,6 +135,8 @@ def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) ->
     if not _check_seq(old.seq if old else 0, event.seq, f"task run {run_id}"):
         return
     new_type: str = event.state["type"]
+    # A claim counts as the first heartbeat of its attempt.
+    beat = event.occurred_at if new_type == "Running" else (old.last_heartbeat if old else None)
     record = TaskRunRecord(
         task_run_id=run_id,
         slug=slug,
@@ -152,7 +146,7 @@ def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) ->
         state_type=new_type,
         attempt=event.attempt,
         final=event.final,
-        last_heartbeat=old.last_heartbeat if old else None,
+        last_heartbeat=beat,
     )
     was_finished = old is not None and old.rests_finished
     now_finished = record.rests_finished
@@ -187,7 +181,7 @@ def _work_dispatched(view: FlowRunView, event: Event, changes: Changes) -> None:
     record = view.task_runs.get(event.work.task_run_id)
     if record is not None and record.attempt != event.work.attempt:
         changes["task_runs"] = view.task_runs.set(
-            record.task_run_id, _record_with(record, attempt=event.work.attempt)
+            record.task_run_id, record._replace(attempt=event.work.attempt)
         )
 
 
@@ -195,7 +189,7 @@ def _heartbeat_recorded(view: FlowRunView, event: Event, changes: Changes) -> No
     record = view.task_runs.get(event.task_run_id or "")
     if record is not None:
         changes["task_runs"] = view.task_runs.set(
-            record.task_run_id, _record_with(record, last_heartbeat=event.occurred_at)
+            record.task_run_id, record._replace(last_heartbeat=event.occurred_at)
         )
 
 

@@ -16,6 +16,7 @@ from engine.state import (
     Failed,
     Pending,
     Resume,
+    Retrying,
     Running,
     Submitted,
     Success,
@@ -42,6 +43,20 @@ def constant_success(result_blob: dict[str, Any] | None) -> dict[str, Any]:
     if result_blob is not None:
         blob["_result"] = result_blob
     return blob
+
+
+def failed(message: str) -> dict[str, Any]:
+    return Failed(message).serialize()
+
+
+def retrying(attempt: int, max_retries: int, start: datetime) -> dict[str, Any]:
+    """The Retrying Prefect's check_for_retry would make after attempt `attempt`."""
+    return Retrying(
+        f"Retrying Task (after attempt {attempt} of {max_retries + 1})",
+        start_time=start,
+        run_count=attempt,
+        context={"task_run_count": attempt},
+    ).serialize()
 
 
 def flow_success(message: str) -> dict[str, Any]:
