@@ -153,6 +153,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "key": texts,
     "payload": texts,
     "final": st.booleans(),
+    "heartbeat_timeout_s": st.floats(min_value=0.001, max_value=3600.0),
 }
 
 
