@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv lint test bench clean distclean
+.PHONY: venv lint test demo bench clean distclean
 
 ## venv: create .venv and install the project with its dev extras (again only when pyproject.toml changed)
 venv: $(STAMP)
@@ -24,6 +24,10 @@ lint: venv
 ## test: lint, then the whole test suite (starts and stops its own broker)
 test: venv lint
 	$(BIN)/python -m pytest -q
+
+## demo: create the env, then run the example flow on a private embedded broker (stops all it starts)
+demo: venv
+	$(BIN)/runledger demo
 
 ## bench: run every bench/bench_*.py
 bench: venv

@@ -132,6 +132,24 @@ def blob_of(state: State, store: ResultStore, key: str) -> dict[str, Any]:
     return blob
 
 
+_MEMO_LIMIT = 4096
+_memo: dict[tuple[int, int], tuple[dict[str, Any], ResultStore, State]] = {}
+
+
 def state_of(blob: dict[str, Any], store: ResultStore) -> State:
-    """The State a blob describes, its result value (and a wrapped state's) hydrated."""
-    return State.deserialize(blob, store.hydrate)
+    """The State a blob describes, its result value (and a wrapped state's) hydrated.
+
+    Blobs are never changed once made, and one blob object is often read many
+    times (the upstream every mapped child receives, the Pending every child
+    starts from), so states are memoised by blob identity. An entry holds its
+    blob, so an id cannot be reused while it is remembered.
+    """
+    key = (id(blob), id(store))
+    hit = _memo.get(key)
+    if hit is not None and hit[0] is blob:
+        return hit[2]
+    state = State.deserialize(blob, store.hydrate)
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    _memo[key] = (blob, store, state)
+    return state

@@ -2,8 +2,8 @@
 
 `decide` creates most events from values it already validated; pydantic's
 `model_construct` costs more than validation itself (measured ~15 us vs ~9 us
-per event), so the hot path uses this constructor (~3 us). Everything that
-arrives from outside is still validated by `events.codec.decode`.
+per event), so the hot path uses this constructor. Everything that arrives
+from outside is still validated by `events.codec.decode`.
 
 Nothing is checked or normalised here beyond the field names: callers pass
 values of the declared types, in particular `occurred_at` as an aware UTC
@@ -19,31 +19,39 @@ from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 
-_REQUIRED: Any = object()
-# Per class: every field in declaration order with its default (or _REQUIRED), and
-# the default factories, called per instance (a cached `{}` would be shared by
-# every event). Updating a copy of the ordered dict keeps declaration order, so
-# `encode` writes the same bytes as for a validated event.
-_Spec = tuple[dict[str, Any], tuple[tuple[str, Callable[[], Any]], ...], frozenset[str]]
-_specs: dict[type[BaseModel], _Spec] = {}
 _set = object.__setattr__
 _new = object.__new__
+_FACTORY: Any = object()  # marks a default made per instance (a shared `{}` would leak)
+_builders: dict[type[BaseModel], Callable[..., dict[str, Any]]] = {}
 
 
-def _spec_of(cls: type[BaseModel]) -> _Spec:
-    spec = _specs.get(cls)
-    if spec is None:
-        fields = cls.model_fields
-        spec = _specs[cls] = (
-            {n: _REQUIRED if f.is_required() else f.default for n, f in fields.items()},
-            tuple(
-                (n, f.default_factory)  # type: ignore[misc]
-                for n, f in fields.items()
-                if f.default_factory is not None
-            ),
-            frozenset(n for n, f in fields.items() if f.is_required()),
-        )
-    return spec
+def _builder(cls: type[BaseModel]) -> Callable[..., dict[str, Any]]:
+    """A function whose signature is the model's fields, returning their values in order.
+
+    Generated once per class: Python's own argument binding fills defaults and
+    rejects unknown or missing fields (TypeError), and the dict literal keeps
+    declaration order, so `encode` writes the same bytes as for a validated event.
+    """
+    fields = cls.model_fields
+    required = [n for n, f in fields.items() if f.is_required()]
+    optional = [n for n, f in fields.items() if not f.is_required()]
+    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
+    params = []
+    for name in optional:
+        field = fields[name]
+        namespace[f"_d_{name}"] = _FACTORY if field.default_factory is not None else field.default
+        params.append(f"{name}=_d_{name}")
+    body = [f"    return {{{', '.join(f'{n!r}: {n}' for n in fields)}}}"]
+    for name in optional:
+        factory = fields[name].default_factory
+        if factory is not None:
+            namespace[f"_f_{name}"] = factory
+            body.insert(0, f"    if {name} is _FACTORY: {name} = _f_{name}()")
+    signature = ", ".join(["*", *required, *params]) if fields else ""
+    source = f"def build({signature}):\n" + "\n".join(body) + "\n"
+    exec(source, namespace)  # generated from the model's own field names only
+    build: Callable[..., dict[str, Any]] = namespace["build"]
+    return build
 
 
 def construct(cls: type[M], **fields: Any) -> M:
@@ -51,16 +59,13 @@ def construct(cls: type[M], **fields: Any) -> M:
 
     Unknown or missing required fields raise `TypeError`; values are not checked.
     """
-    spec = _specs.get(cls) or _spec_of(cls)
-    defaults, factories, required = spec
-    values = {**defaults, **fields}
-    if len(values) != len(defaults) or not required <= fields.keys():
-        missing = sorted(n for n, v in values.items() if v is _REQUIRED)
-        unknown = sorted(fields.keys() - defaults.keys())
-        raise TypeError(f"{cls.__name__}: missing fields {missing}, unknown fields {unknown}")
-    for name, factory in factories:
-        if name not in fields:
-            values[name] = factory()
+    build = _builders.get(cls)
+    if build is None:
+        build = _builders[cls] = _builder(cls)
+    try:
+        values = build(**fields)
+    except TypeError as exc:
+        raise TypeError(f"{cls.__name__}: {exc}") from None
     obj = _new(cls)
     _set(obj, "__dict__", values)
     _set(obj, "__pydantic_fields_set__", set(fields))

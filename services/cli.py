@@ -250,6 +250,17 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     resume = _add(sub, "resume", cmd_resume, summary="resume a paused task run")
     resume.add_argument("task_run_id", type=task_run_id, metavar="TASK_RUN_ID")
     _add_answer_options(resume)
+    config = _add(
+        sub,
+        "config",
+        cmd_config,
+        summary="print the effective RUNLEDGER_* settings (secrets hidden)",
+    )
+    config.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the documentation table of every setting instead (as in the README)",
+    )
 
 
 def _add_answer_options(parser: argparse.ArgumentParser) -> None:
@@ -284,6 +295,7 @@ def _run_async(command: str, coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _serve(command: str, settings: Settings, roles: Sequence[str]) -> int:
+    from services.app import RoleFailed
     from services.dev import serve_roles
 
     def started() -> None:
@@ -295,6 +307,8 @@ def _serve(command: str, settings: Settings, roles: Sequence[str]) -> int:
 
     try:
         serve_roles(settings, roles, on_started=started)
+    except RoleFailed as exc:
+        return _fail(command, str(exc))
     except KafkaError as exc:
         return _fail(command, f"Kafka error: {exc} (is a broker running at {settings.brokers}?)")
     except OSError as exc:  # e.g. the web port is taken
@@ -490,6 +504,37 @@ async def _command(
     changes = [c for c in map(change_of, facts) if c is not None]
     moved = ", ".join(f"{c.task_slug or 'flow run'} -> {c.state_type}" for c in changes)
     print(f"runledger {name}: accepted ({moved or 'no state change'})")
+    return EXIT_OK
+
+
+def _default_text(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def settings_table() -> str:
+    """Markdown table of every setting: variable, default, description (for the README)."""
+    lines = ["| variable | default | description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        description = " ".join((field.description or "").split()).replace("|", "\\|")
+        default = _default_text(field).replace("|", "\\|")
+        lines.append(f"| `RUNLEDGER_{name.upper()}` | `{default}` | {description} |")
+    return "\n".join(lines)
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    """The settings this environment gives, as RUNLEDGER_* lines (or the docs table)."""
+    if args.markdown:
+        print(settings_table())
+        return EXIT_OK
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, list):
+            value = ",".join(value)
+        print(f"RUNLEDGER_{name.upper()}={'' if value is None else value}")
     return EXIT_OK
 
 

@@ -56,10 +56,12 @@ async def _until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        roles_task = asyncio.create_task(run_roles(settings, list(roles), stop))
-        if on_started is not None:
-            on_started()
-        await roles_task
+        await run_roles(
+            settings,
+            set(roles),
+            stop,
+            on_started=None if on_started is None else (lambda app: on_started()),
+        )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -78,9 +80,7 @@ def serve_roles(
 
 def describe_dev(settings: Settings, broker: EmbeddedBroker) -> str:
     """Where everything of a dev setup is, as printed by `runledger dev`."""
-    topics = "\n".join(
-        f"    {settings.topic(spec.name):<28} key {spec.key}" for spec in TOPICS
-    )
+    topics = "\n".join(f"    {settings.topic(spec.name):<28} key {spec.key}" for spec in TOPICS)
     web = f"http://{settings.web_host}:{settings.web_port}"
     return (
         f"runledger dev: broker, ledger, worker ({settings.worker_concurrency} slots) and api "

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from engine.orchestration import FlowRunView
+from engine.orchestration import FlowRunView, TaskRunRecord
 from engine.orchestration.rules import FAILED, FINISHED, RUNNING, SUCCESSFUL
 from services.client import Change, Client
 
@@ -65,8 +65,8 @@ class TaskRow:
 
     @property
     def cache_hit(self) -> bool:
-        """Ended Cached without ever running: the result came from a cache."""
-        return self.state == "Cached" and not self.ran
+        """Seen to end Cached without ever running: the result came from a cache."""
+        return self.state == "Cached" and bool(self.history) and not self.ran
 
     @property
     def note(self) -> str:
@@ -113,12 +113,16 @@ class RunProgress:
 
     @classmethod
     def from_view(cls, view: FlowRunView) -> RunProgress:
-        """A progress model of a folded view (final states; no history beyond them)."""
+        """A progress model of a folded view: current states, in plan order, no history."""
         progress = cls(view.flow_run_id, view.flow_state_type)
         progress.flow_message = (view.flow_state or {}).get("message")
-        for record in sorted(
-            view.task_runs.values(), key=lambda r: (r.slug, -1 if r.map_index is None else 0)
-        ):
+        order = {t.slug: i for i, t in enumerate(view.plan.tasks)} if view.created else {}
+
+        def position(record: TaskRunRecord) -> tuple[int, str, int]:
+            index = -1 if record.map_index is None else record.map_index
+            return order.get(record.slug, len(order)), record.slug, index
+
+        for record in sorted(view.task_runs.values(), key=position):
             progress.rows[record.task_run_id] = TaskRow(
                 record.task_run_id,
                 record.slug,
@@ -127,7 +131,6 @@ class RunProgress:
                 record.state.get("message"),
                 record.attempt,
                 record.final,
-                [record.state_type],
             )
         return progress
 
@@ -201,7 +204,7 @@ def render(progress: RunProgress, *, max_children: int = 10) -> RenderableType:
     )
     if progress.flow_message:
         title.append(f"  {progress.flow_message}", style="dim")
-    parts: list[RenderableType] = [title, table]
+    parts: list[RenderableType] = [title, table] if progress.rows else [title]
     if progress.run_rejected:
         parts.append(Text(f"rejected: {progress.run_rejected}", style="bold red"))
     return Group(*parts)
@@ -234,4 +237,6 @@ async def watch_run(
                         break
         finally:
             view.update(render(progress), refresh=True)
+    if not console.is_terminal:
+        console.line()  # Live leaves the cursor after the table when it cannot redraw
     return progress

@@ -10,7 +10,6 @@ the earlier ones -- and so decide can never emit what evolve would refuse.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,19 +46,18 @@ from events import (
 from events.fast import construct
 
 
-@dataclass
 class _Decision:
-    view: FlowRunView
-    command: Command
-    now: datetime
-    events: list[Event] = field(default_factory=list)
+    """One command being decided: a private working view and the facts so far."""
 
-    def __post_init__(self) -> None:
+    __slots__ = ("cause", "command", "events", "now", "view")
+
+    def __init__(self, view: FlowRunView, command: Command, now: datetime) -> None:
         # One private working copy per command: each fact is folded into it in place.
-        self.view = copy_view(self.view)
-        self.cause = construct(
-            Cause, command_id=self.command.event_id, worker=self.command.cause.worker
-        )
+        self.view = copy_view(view)
+        self.command = command
+        self.now = now
+        self.events: list[Event] = []
+        self.cause = construct(Cause, command_id=command.event_id, worker=command.cause.worker)
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
         event = construct(

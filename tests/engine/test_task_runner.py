@@ -1,4 +1,4 @@
-"""TaskRunner, step by step and end to end, against Prefect 1's documented pipeline (spec §3-§6, §9)."""
+"""TaskRunner, step by step and end to end, against Prefect 1's pipeline (spec §3-§6, §9)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from engine.state import (
     STATE_CLASSES,
     Cached,
     Cancelled,
-    Cancelling,
     ClientFailed,
     Failed,
     Looped,
@@ -74,7 +73,10 @@ class Log:
 
 
 def make_runner(
-    t: Task, log: Log | None = None, handlers: Iterable[Handler] = (), clock: FixedClock | None = None
+    t: Task,
+    log: Log | None = None,
+    handlers: Iterable[Handler] = (),
+    clock: FixedClock | None = None,
 ) -> TaskRunner:
     """A runner on a FixedClock at NOW that reports to `log`."""
     all_handlers = [*handlers, *([log.handler] if log else [])]
@@ -111,9 +113,7 @@ def raises(make: Callable[[], BaseException], **settings: Any) -> FunctionTask:
     return task(body, name=settings.pop("name", "raises"), **settings)
 
 
-def edge(
-    downstream: Task, key: str | None = None, mapped: bool = False, name: str = "up"
-) -> Edge:
+def edge(downstream: Task, key: str | None = None, mapped: bool = False, name: str = "up") -> Edge:
     """An edge from a fresh upstream task into `downstream`."""
     return Edge(Task(name=name), downstream, key=key, mapped=mapped)
 
@@ -247,8 +247,16 @@ def test_check_task_is_ready_lets_only_pending_mapped_and_cached_states_through(
 
 @pytest.mark.parametrize(
     "state",
-    [Pending(), Scheduled(start_time=PAST), Scheduled(start_time=NOW), Retrying(start_time=PAST),
-     Resume(start_time=PAST), Paused(start_time=PAST), Scheduled(), Retrying()],
+    [
+        Pending(),
+        Scheduled(start_time=PAST),
+        Scheduled(start_time=NOW),
+        Retrying(start_time=PAST),
+        Resume(start_time=PAST),
+        Paused(start_time=PAST),
+        Scheduled(),
+        Retrying(),
+    ],
     ids=repr,
 )
 def test_check_task_reached_start_time_passes_states_that_are_due(state: State) -> None:
@@ -258,7 +266,12 @@ def test_check_task_reached_start_time_passes_states_that_are_due(state: State) 
 
 @pytest.mark.parametrize(
     "state",
-    [Scheduled(start_time=FUTURE), Retrying(start_time=FUTURE), Paused(start_time=FUTURE), Paused()],
+    [
+        Scheduled(start_time=FUTURE),
+        Retrying(start_time=FUTURE),
+        Paused(start_time=FUTURE),
+        Paused(),
+    ],
     ids=repr,
 )
 def test_check_task_reached_start_time_ends_runs_that_are_not_due(state: State) -> None:
@@ -280,7 +293,9 @@ def test_check_upstream_finished_passes_when_every_upstream_finished() -> None:
     assert make_runner(t).check_upstream_finished(state, ups) is state
 
 
-@pytest.mark.parametrize("unfinished", [Pending(), Running(), Retrying(), Submitted(state=Pending())])
+@pytest.mark.parametrize(
+    "unfinished", [Pending(), Running(), Retrying(), Submitted(state=Pending())]
+)
 def test_check_upstream_finished_keeps_the_state_silently_while_an_upstream_runs(
     unfinished: State,
 ) -> None:
@@ -299,9 +314,10 @@ def test_check_upstream_finished_waits_for_every_child_of_a_mapped_upstream() ->
     t = returns(1)
     mapped = Mapped(map_states=[Success(), Running()])
     state = Pending()
-    assert ends_with(
-        lambda: make_runner(t).check_upstream_finished(state, {edge(t, "xs"): mapped})
-    ) is state
+    assert (
+        ends_with(lambda: make_runner(t).check_upstream_finished(state, {edge(t, "xs"): mapped}))
+        is state
+    )
 
 
 def test_check_upstream_finished_does_not_expand_a_mapped_upstream_on_a_mapped_edge() -> None:
@@ -360,7 +376,7 @@ def test_load_results_hands_back_the_state_and_upstream_states_unchanged() -> No
     """Results arrive hydrated, so load_results is the identity (Prefect's core hook)."""
     t = returns(1)
     state = Pending()
-    ups = {edge(t, "x"): Success(result=1)}
+    ups: dict[Edge, State] = {edge(t, "x"): Success(result=1)}
     out_state, out_ups = make_runner(t).load_results(state, ups)
     assert out_state is state
     assert out_ups is ups
@@ -416,7 +432,7 @@ def test_check_task_ready_to_map_counts_a_mapped_upstream_by_its_n_map_states() 
 
 
 def test_check_task_ready_to_map_ignores_a_failed_upstream_when_counting_children() -> None:
-    """Only successful plain upstreams count (Prefect); a Failed one beside them does not make N 0."""
+    """Only successful plain upstreams count (Prefect): a Failed one beside them cannot make N 0."""
     t = returns(1)
     ups = {
         edge(t, "x", mapped=True, name="xs"): Success(result=[1, 2, 3]),
@@ -633,7 +649,9 @@ def test_check_task_trigger_fails_a_trigger_that_returns_false() -> None:
 def test_check_task_trigger_uses_the_message_of_the_builtin_trigger() -> None:
     """all_successful with a failed upstream gives Prefect's trigger message."""
     t = returns(1)
-    failed = ends_with(lambda: make_runner(t).check_task_trigger(Pending(), {edge(t, "x"): Failed()}))
+    failed = ends_with(
+        lambda: make_runner(t).check_task_trigger(Pending(), {edge(t, "x"): Failed()})
+    )
     assert type(failed) is TriggerFailed
     assert failed.message == 'Trigger was "all_successful" but some of the upstream tasks failed.'
 
@@ -661,7 +679,9 @@ def test_check_task_trigger_turns_an_error_in_the_trigger_into_trigger_failed() 
     def broken(ups: Mapping[Edge, State]) -> bool:
         raise boom
 
-    failed = ends_with(lambda: make_runner(returns(1, trigger=broken)).check_task_trigger(Pending(), {}))
+    failed = ends_with(
+        lambda: make_runner(returns(1, trigger=broken)).check_task_trigger(Pending(), {})
+    )
     assert type(failed) is TriggerFailed
     assert failed.message == "Unexpected error while checking task trigger: ValueError('boom')"
     assert failed.result is boom
@@ -705,9 +725,7 @@ def test_get_task_run_state_calls_the_body_with_input_values() -> None:
 
     runner = make_runner(task(add, name="add"))
     prepared(runner)
-    success = runner.get_task_run_state(
-        Running(), {"x": Result(value=1), "y": Result(value=2)}
-    )
+    success = runner.get_task_run_state(Running(), {"x": Result(value=1), "y": Result(value=2)})
     assert type(success) is Success
     assert success.message == "Task run succeeded."
     assert success.result == 3
@@ -806,7 +824,9 @@ def retrier(**settings: Any) -> FunctionTask:
     return raises(lambda: ValueError("x"), **settings)
 
 
-@pytest.mark.parametrize("failed", [Failed(), TimedOut(), TriggerFailed(), ValidationFailed()], ids=repr)
+@pytest.mark.parametrize(
+    "failed", [Failed(), TimedOut(), TriggerFailed(), ValidationFailed()], ids=repr
+)
 def test_check_for_retry_retries_every_failed_kind_within_budget(failed: State) -> None:
     """A failure on attempt n <= max_retries becomes Retrying(run_count=n) after retry_delay."""
     log = Log()
@@ -897,7 +917,7 @@ def test_call_runner_target_handlers_chains_the_task_handlers_in_order() -> None
 
 
 def test_handle_state_change_calls_task_handlers_before_runner_handlers() -> None:
-    """Task handlers run first, then the runner's `h(runner, old, new)`, and the outcome is recorded."""
+    """Task handlers run first, then the runner's `h(runner, old, new)`; the outcome is recorded."""
     order: list[str] = []
 
     def task_handler(t: Task, old: State, new: State) -> State:
@@ -957,7 +977,7 @@ def test_handle_state_change_turns_another_signal_into_its_state_and_stops_the_c
 
 
 def test_handle_state_change_ends_the_run_in_failed_when_a_handler_crashes() -> None:
-    """Another exception gives ENDRUN(Failed("Unexpected error while calling state handlers: ..."))."""
+    """Another exception: ENDRUN(Failed("Unexpected error while calling state handlers: ..."))."""
     boom = RuntimeError("handler bug")
 
     def crash(r: TaskRunner, old: State, new: State) -> None:
@@ -1061,7 +1081,12 @@ def test_run_does_not_start_a_retry_before_its_start_time() -> None:
 def test_run_from_resume_passes_a_manual_only_trigger_and_exposes_resume() -> None:
     """Resume sets context resume=True: manual_only passes and the body can read it."""
     seen: list[Any] = []
-    t = task(lambda: seen.append(task_context.resume) or "ok", name="gate", trigger=triggers.manual_only)
+
+    def body() -> str:
+        seen.append(task_context.resume)
+        return "ok"
+
+    t = task(body, name="gate", trigger=triggers.manual_only)
     log = Log()
     final = make_runner(t, log).run(Resume("Approval given to resume.", start_time=NOW))
     assert type(final) is Success
@@ -1157,7 +1182,10 @@ def test_run_fails_unannounced_when_a_handler_crashes_but_still_records_it() -> 
     log = Log()
     final = make_runner(returns(1), log, handlers=[crash]).run()
     assert type(final) is Failed
-    assert final.message == "Unexpected error while calling state handlers: RuntimeError('bad handler')"
+    assert (
+        final.message
+        == "Unexpected error while calling state handlers: RuntimeError('bad handler')"
+    )
     assert announced == [("Pending", "Running"), ("Running", "Success")]
     assert log.recorded_names() == ["Running", "Failed"]
 
@@ -1174,7 +1202,9 @@ def test_run_fails_with_the_full_task_name_on_an_engine_error() -> None:
     log = Log()
     final = make_runner(t, log).run(context={"map_index": 1})
     assert type(final) is Failed
-    assert final.message == "Task 'inc[1]': Unexpected error while running task: KeyError('missing')"
+    assert (
+        final.message == "Task 'inc[1]': Unexpected error while running task: KeyError('missing')"
+    )
     assert log.announced == []
     assert log.recorded == [final]
 
@@ -1182,7 +1212,9 @@ def test_run_fails_with_the_full_task_name_on_an_engine_error() -> None:
 def test_run_retries_on_listed_exceptions_only() -> None:
     """retry_on=[KeyError]: a ValueError fails at once, a KeyError is retried."""
     assert type(make_runner(retrier(retry_on=KeyError)).run()) is Failed
-    key_error = raises(lambda: KeyError("k"), max_retries=1, retry_delay=timedelta(0), retry_on=KeyError)
+    key_error = raises(
+        lambda: KeyError("k"), max_retries=1, retry_delay=timedelta(0), retry_on=KeyError
+    )
     assert type(make_runner(key_error).run()) is Retrying
 
 
@@ -1276,7 +1308,7 @@ def looper(stop_at: int, observed: list[tuple[Any, Any]], with_result: bool = Tr
 
 
 def test_run_loops_silently_until_the_body_returns() -> None:
-    """LOOP ×2 then return: Looped(1) ⇢ Pending → Running → Looped(2) ⇢ Pending → Running → Success."""
+    """LOOP ×2 then return: Looped(1) ⇢ Pending → Running → Looped(2) ⇢ … → Success."""
     observed: list[tuple[Any, Any]] = []
     log = Log()
     final = make_runner(looper(3, observed), log).run()
@@ -1284,12 +1316,22 @@ def test_run_loops_silently_until_the_body_returns() -> None:
     assert final.result == 3
     assert observed == [(None, None), (2, 1), (3, 3)]
     assert log.recorded_names() == [
-        "Running", "Looped", "Pending", "Running", "Looped", "Pending", "Running", "Success",
+        "Running",
+        "Looped",
+        "Pending",
+        "Running",
+        "Looped",
+        "Pending",
+        "Running",
+        "Success",
     ]
     assert log.announced_names() == [
-        ("Pending", "Running"), ("Running", "Looped"),
-        ("Pending", "Running"), ("Running", "Looped"),
-        ("Pending", "Running"), ("Running", "Success"),
+        ("Pending", "Running"),
+        ("Running", "Looped"),
+        ("Pending", "Running"),
+        ("Running", "Looped"),
+        ("Pending", "Running"),
+        ("Running", "Success"),
     ]
     looped = [s for s in log.recorded if isinstance(s, Looped)]
     assert [(s.loop_count, s.message, s.result) for s in looped] == [
@@ -1321,12 +1363,15 @@ def test_run_resets_the_attempt_counter_for_each_new_loop_iteration() -> None:
             raise signals.LOOP(result=0)
         return "done"
 
-    assert make_runner(task(body, name="t")).run(Retrying(start_time=PAST, run_count=1)).result == "done"
+    assert (
+        make_runner(task(body, name="t")).run(Retrying(start_time=PAST, run_count=1)).result
+        == "done"
+    )
     assert counts == [2, 1, 1]
 
 
 def test_run_times_out_without_waiting_for_the_body() -> None:
-    """timeout=1 with a 5 s body gives TimedOut well before the body would end (bounded, not exact)."""
+    """timeout=1 with a 5 s body gives TimedOut long before the body ends (bounded, not exact)."""
     release = threading.Event()
     t = task(lambda: release.wait(5), name="slow", timeout=1)
     log = Log()
@@ -1391,8 +1436,6 @@ def test_run_reuses_a_valid_cached_starting_state_silently() -> None:
 
 def test_run_reruns_when_the_cached_starting_state_is_invalid() -> None:
     """An all_inputs cache for other inputs: Cached → Pending → Running → Success → Cached."""
-    t = returns(2, cache_for=timedelta(hours=1), cache_validator=all_inputs)
-
     def body(x: int) -> int:
         return x * 10
 
@@ -1402,7 +1445,10 @@ def test_run_reruns_when_the_cached_starting_state_is_invalid() -> None:
     assert type(final) is Cached
     assert final.result == 20
     assert log.announced_names() == [
-        ("Cached", "Pending"), ("Pending", "Running"), ("Running", "Success"), ("Success", "Cached"),
+        ("Cached", "Pending"),
+        ("Pending", "Running"),
+        ("Running", "Success"),
+        ("Success", "Cached"),
     ]
 
 
@@ -1433,14 +1479,24 @@ def test_run_exposes_the_documented_context_inside_the_body() -> None:
     seen: dict[str, Any] = {}
 
     def body() -> None:
-        seen.update({k: task_context.get(k) for k in ("task_run_count", "map_index", "task_full_name", "flow_run_id")})
+        seen.update(
+            {
+                k: task_context.get(k)
+                for k in ("task_run_count", "map_index", "task_full_name", "flow_run_id")
+            }
+        )
 
     make_runner(task(body, name="t")).run(context={"map_index": 4, "flow_run_id": "fr"})
-    assert seen == {"task_run_count": 1, "map_index": 4, "task_full_name": "t[4]", "flow_run_id": "fr"}
+    assert seen == {
+        "task_run_count": 1,
+        "map_index": 4,
+        "task_full_name": "t[4]",
+        "flow_run_id": "fr",
+    }
 
 
 def test_run_hands_every_change_to_the_recorder_including_silent_ones() -> None:
-    """The recorder sees announced and silent changes, each once, in order, ending in the final state."""
+    """The recorder sees announced and silent changes, each once, in order, ending in the final."""
     observed: list[tuple[Any, Any]] = []
     log = Log()
     final = make_runner(looper(2, observed), log, handlers=[lambda r, o, n: None]).run()

@@ -1,0 +1,346 @@
+"""One faust App that hosts RunLedger's roles: ledger (with its scheduler), worker, api.
+
+    app = build_app(settings, roles={"ledger", "worker"})
+    await run_roles(settings, {"ledger", "worker"}, stop_event)      # until stop_event
+    python -m services.app --roles ledger,worker [--concurrency N]   # until SIGTERM/SIGINT
+
+faust is the host: the App's lifecycle starts and stops every role as a
+`mode.Service`, and its producer and (for the api) web server live with it. The
+hot loops inside the ledger and worker roles are plain aiokafka (batched
+`getmany`, batched produce): a faust agent costs ~1-3k events/s on this broker
+against ~60k for a batched loop (BROKER_NOTES.md), and its Tables cannot be
+the copy of state that matters. So the App runs in faust's *producer-only*
+mode: no faust consumer, hence no faust consumer-group join (~3 s with a 3 s
+session timeout, ~30 s with faust's defaults) and nothing faust could lose on
+a rebalance. docs/architecture.md explains the roles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import faust
+import mode
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
+
+from services.ledger import Ledger
+from services.settings import Settings
+from services.topics import ensure_topics
+from services.worker import Worker
+
+__all__ = [
+    "ALL_ROLES",
+    "DEFAULT_ROLES",
+    "RoleFailed",
+    "RunLedgerApp",
+    "RunLedgerFaustApp",
+    "build_app",
+    "faust_options",
+    "hosted_roles",
+    "main",
+    "run_roles",
+]
+
+log = logging.getLogger(__name__)
+
+ALL_ROLES = frozenset({"ledger", "worker", "api"})
+DEFAULT_ROLES = ALL_ROLES
+_STOP_TIMEOUT_S = 45.0
+
+RoleMain = Callable[[asyncio.Event], Awaitable[None]]
+
+
+# ----- faust tuned for the embedded broker ---------------------------------------------
+# (the code proven by tests/integration/faust_support.py, which keeps its own copy
+# for the broker tests)
+
+
+class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    """faust's consumer thread with `fetch_max_wait_ms` instead of its hard-coded 1500 ms."""
+
+    def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_consumer(loop)
+        wait_ms = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            if not hasattr(consumer, "_fetch_max_wait_ms"):  # guards an aiokafka upgrade
+                raise RuntimeError("aiokafka.AIOKafkaConsumer has no _fetch_max_wait_ms")
+            consumer._fetch_max_wait_ms = int(wait_ms)
+        return consumer
+
+
+class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    def _new_consumer_thread(self) -> LowLatencyConsumerThread:
+        return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class LowLatencyTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    Consumer = LowLatencyConsumer
+
+
+class RunLedgerFaustApp(faust.App):  # type: ignore[misc]
+    """A faust App whose consumer (if any) waits `fetch_max_wait_ms`, not 1500 ms."""
+
+    def __init__(self, id: str, *, fetch_max_wait_ms: int = 10, **options: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(id, **options)
+
+    def _new_transport(self) -> TransportT:
+        return LowLatencyTransport(self.conf.broker_consumer, self)
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """faust App options from RunLedger settings, every one explicit.
+
+    faust otherwise reads unprefixed environment variables (``BROKER_SESSION_TIMEOUT``
+    ...) and defaults to a 60 s session (a ~30 s first join).
+    """
+    session_s = settings.session_timeout_ms / 1000
+    return {
+        "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
+        "store": "memory://",
+        "processing_guarantee": "at_least_once",  # exactly_once dies on Tansu
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": session_s,
+        "broker_heartbeat_interval": min(1.0, session_s / 3),
+        "broker_rebalance_timeout": session_s,
+        "broker_request_timeout": max(30.0, session_s * 2),
+        "broker_commit_interval": 0.5,
+        "producer_linger": settings.producer_linger_ms / 1000,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "web_enabled": False,
+        "web_host": settings.web_host,
+        "web_bind": settings.web_host,
+        "web_port": settings.web_port,
+    }
+
+
+# ----- roles as services of the App ------------------------------------------------------
+
+
+class RoleFailed(RuntimeError):
+    """A role's loop ended with an error; the process should exit non-zero."""
+
+
+class RoleService(mode.Service):  # type: ignore[misc]
+    """Runs one role's `main(stop)` as a task for as long as the App runs."""
+
+    def __init__(self, name: str, main: RoleMain, on_exit: Callable[[], None], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.role = name
+        self._main = main
+        self._on_exit = on_exit
+        self._stop_role = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def shortlabel(self) -> str:
+        return f"role:{self.role}"
+
+    async def on_start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"runledger-{self.role}")
+
+    async def _run(self) -> None:
+        try:
+            await self._main(self._stop_role)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # reported by run_roles, never swallowed
+            log.exception("role %s failed", self.role)
+            self.error = exc
+        finally:
+            self._on_exit()
+
+    async def on_stop(self) -> None:
+        self._stop_role.set()
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("role %s did not stop in %.0f s; cancelling", self.role, _STOP_TIMEOUT_S)
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+
+
+class RunLedgerApp(RunLedgerFaustApp):
+    """The tuned faust App in producer-only mode, with RunLedger's role objects."""
+
+    producer_only = True
+    ledger: Ledger | None = None
+    worker: Worker | None = None
+
+    def __init__(self, id: str, **options: Any) -> None:
+        super().__init__(id, **options)
+        self.role_services: list[RoleService] = []
+        self.exited = asyncio.Event()
+        """Set when any role's loop has ended (normally only after a stop)."""
+
+    async def on_start(self) -> None:
+        # faust's App.on_start touches `self.consumer`, which builds a consumer thread
+        # (with an event loop that is never closed) even in producer-only mode.
+        self.finalize()
+
+    def add_role(self, name: str, main: RoleMain) -> None:
+        service = RoleService(name, main, self.exited.set, loop=self.loop, beacon=self.beacon)
+        self.role_services.append(service)
+        self.service(service)
+
+    def failures(self) -> list[tuple[str, BaseException]]:
+        return [(s.role, s.error) for s in self.role_services if s.error is not None]
+
+
+def build_app(
+    settings: Settings,
+    roles: Collection[str] = DEFAULT_ROLES,
+    *,
+    worker_name: str | None = None,
+) -> RunLedgerApp:
+    """A faust App hosting `roles` (any of "ledger", "worker", "api"); not started yet.
+
+    `worker_name` is the worker's identity in `cause.worker.id` (default
+    ``worker-<host>-<pid>``).
+    """
+    unknown = set(roles) - ALL_ROLES
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ALL_ROLES)}")
+    options = faust_options(settings)
+    # The api serves its own aiohttp app (services/api.py) on web_host:web_port;
+    # faust's web server stays off so nothing else listens.
+    options["web_enabled"] = False
+    app = RunLedgerApp(settings.app_id, fetch_max_wait_ms=settings.fetch_max_wait_ms, **options)
+    if "ledger" in roles:
+        ledger = app.ledger = Ledger(settings)
+        app.add_role("ledger", ledger.run)
+    if "worker" in roles:
+        worker = app.worker = Worker(settings, name=worker_name)
+        app.add_role("worker", worker.run)
+    if "api" in roles:
+        from services.api import run_api
+
+        app.add_role("api", lambda stop: run_api(settings, stop))
+    return app
+
+
+@contextlib.asynccontextmanager
+async def hosted_roles(
+    settings: Settings,
+    roles: Collection[str] = DEFAULT_ROLES,
+    *,
+    worker_name: str | None = None,
+) -> AsyncIterator[RunLedgerApp]:
+    """Create the topics, start an App with `roles`, and stop it on exit."""
+    await ensure_topics(settings)
+    app = build_app(settings, roles, worker_name=worker_name)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+        failures = app.failures()
+        if failures:
+            role, error = failures[0]
+            raise RoleFailed(f"role {role} failed: {error!r}") from error
+
+
+async def run_roles(
+    settings: Settings,
+    roles: Collection[str] = DEFAULT_ROLES,
+    stop_event: asyncio.Event | None = None,
+    *,
+    on_started: Callable[[RunLedgerApp], None] | None = None,
+    worker_name: str | None = None,
+) -> None:
+    """Run `roles` in this process until `stop_event` is set (or a role fails: RoleFailed).
+
+    `on_started(app)` is called once every role runs (`app.ledger`, `app.worker`).
+    """
+    stop_event = stop_event or asyncio.Event()
+    async with hosted_roles(settings, roles, worker_name=worker_name) as app:
+        if on_started is not None:
+            on_started(app)
+        stopped = asyncio.create_task(stop_event.wait())
+        exited = asyncio.create_task(app.exited.wait())
+        try:
+            await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            exited.cancel()
+
+
+# ----- python -m services.app ----------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.app",
+        description="Run RunLedger roles in one process until SIGTERM or SIGINT.",
+    )
+    parser.add_argument(
+        "--roles", default="ledger,worker,api", help="comma-separated: ledger,worker,api"
+    )
+    parser.add_argument("--concurrency", type=int, default=None, help="worker task threads")
+    parser.add_argument("--name", default=None, help="worker identity (default worker-HOST-PID)")
+    parser.add_argument(
+        "--dump-views",
+        type=Path,
+        default=None,
+        help="on exit, pickle the ledger's live views to this file (tests compare them "
+        "with a fold of the ledger topic)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    roles = {r.strip() for r in args.roles.split(",") if r.strip()}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    holder: list[RunLedgerApp] = []
+
+    def started(app: RunLedgerApp) -> None:
+        holder.append(app)
+        log.info("roles %s running (pid %d)", sorted(roles), os.getpid())
+
+    try:
+        await run_roles(settings, roles, stop, on_started=started, worker_name=args.name)
+    finally:
+        if args.dump_views is not None and holder and holder[0].ledger is not None:
+            args.dump_views.write_bytes(pickle.dumps(dict(holder[0].ledger.views)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m services.app``; returns the exit status."""
+    args = _parse(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    overrides: dict[str, Any] = {}
+    if args.concurrency is not None:
+        overrides["worker_concurrency"] = args.concurrency
+    settings = Settings(**overrides)
+    try:
+        asyncio.run(_serve(args, settings))
+    except RoleFailed as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

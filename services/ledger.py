@@ -1,0 +1,467 @@
+"""The ledger role: the single writer of the ledger, and its scheduler.
+
+One loop, plain aiokafka (faust hosts it; see docs/architecture.md for why the
+hot loop is not a faust agent):
+
+1. On every partition assignment, fold the assigned partitions of the `ledger`
+   topic from offset 0 to the fetch high-watermark into views, before deciding
+   anything. The ledger topic is the only copy of state that counts; nothing is
+   kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
+2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
+   topic with the reason), give a plan-less RunRequested its plan (the flow is
+   loaded through `services.codeload`), `decide_and_evolve`, queue the facts to
+   `ledger` (on the partition the command came from) and every WorkDispatched
+   also to `work`, await every ack, then commit the batch's offsets. Each view is
+   replaced once per command (the core folds a command's facts into one copy).
+3. Between batches the scheduler issues `SchedulerTicked` for runs whose
+   Scheduled/Retrying/Paused start time has come. Its timers are the views'
+   `scheduled` maps, so they come back with the fold after a restart.
+
+A redelivered command changes nothing (`decide` knows it by id), so a crash
+between producing and committing only replays work already on the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from engine.clock import Clock, SystemClock
+from engine.orchestration import FlowRunView, decide_and_evolve, evolve
+from engine.planning import plan_of
+from engine.result_store import FSResultStore
+from engine.results import Result
+from events import (
+    Cause,
+    Command,
+    Event,
+    EventDecodeError,
+    FlowPlan,
+    FlowRef,
+    RunRequested,
+    SchedulerTicked,
+    TransitionRejected,
+    WorkDispatched,
+    decode,
+    decode_command,
+    encode,
+)
+from services.codeload import FlowLoadError, load_flow
+from services.kafka import dead_letter_for, make_consumer, make_producer, read_partitions_to_end
+from services.roles import (
+    HEADER_COMMAND,
+    CommitPipeline,
+    HEADER_PARTITION,
+    Outgoing,
+    partition_of,
+    role_identity,
+    send_records,
+)
+from services.settings import Settings
+
+__all__ = ["Ledger", "LedgerStats", "fold_records"]
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_MS = 100
+"""Longest wait for commands before the loop looks at the stop flag and the timers."""
+
+
+@dataclass
+class LedgerStats:
+    """Counters for logs, tests and the benchmark."""
+
+    batches: int = 0
+    commands: int = 0
+    facts: int = 0
+    dead_letters: int = 0
+    ticks: int = 0
+    rebuilds: int = 0
+    rebuilt_events: int = 0
+    rebuild_s: float = 0.0
+    busy_s: float = 0.0
+
+
+def fold_records(
+    records: Iterable[ConsumerRecord[bytes, bytes]],
+    views: dict[str, FlowRunView] | None = None,
+) -> dict[str, FlowRunView]:
+    """Fold ledger records into per-flow-run views (the same `evolve` as everywhere).
+
+    A record that does not decode or does not fold (a sequence gap) is logged and
+    skipped: the ledger is written only by this role, so that means a bug, and
+    the rest of the log must still be readable.
+    """
+    views = {} if views is None else views
+    for record in records:
+        try:
+            event = decode(record.value or b"")
+            views[event.flow_run_id] = evolve(
+                views.get(event.flow_run_id) or FlowRunView(flow_run_id=event.flow_run_id), event
+            )
+        except (EventDecodeError, ValueError) as exc:
+            log.error(
+                "ledger record %s[%d]@%d does not fold: %s",
+                record.topic, record.partition, record.offset, exc,
+            )
+    return views
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.ledger._revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.ledger._assigned({tp.partition for tp in assigned})
+
+
+@dataclass
+class _Batch:
+    """What one batch of commands produces, sent together before the commit."""
+
+    records: list[Outgoing] = field(default_factory=list)
+    dead: list[Event] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)
+
+
+class Ledger:
+    """The ledger role. `views` holds every flow run of the owned partitions."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.identity = role_identity("ledger")
+        self.views: dict[str, FlowRunView] = {}
+        self.home: dict[str, int] = {}
+        """Partition of each flow run (its commands and its facts share the number)."""
+        self.owned: frozenset[int] = frozenset()
+        self.ready = asyncio.Event()
+        """Set once the first assignment has been folded (tests wait for it)."""
+        self.stats = LedgerStats()
+        self._due: dict[str, datetime] = {}
+        self._plans: dict[FlowRef, FlowPlan] = {}
+        self._lock = asyncio.Lock()
+        self._pipeline: CommitPipeline
+        self._work_partitions = 1
+        self._topics = settings.topic_names()
+
+    # ----- the loop ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume commands until `stop` is set; what was taken is produced and committed."""
+        producer = make_producer(self.settings, max_request_size=16 << 20)
+        consumer = make_consumer(
+            self.settings,
+            group_id=f"{self.settings.app_id}-ledger",
+            max_partition_fetch_bytes=16 << 20,
+        )
+        self._pipeline = CommitPipeline(consumer)
+        committer = asyncio.create_task(self._pipeline.run(), name="ledger-committer")
+        await producer.start()
+        try:
+            self._work_partitions = len(await producer.partitions_for(self._topics["work"]))
+            await consumer.start()
+            consumer.subscribe([self._topics["commands"]], listener=_Rebalance(self))
+            while not stop.is_set():
+                if committer.done():
+                    committer.result()  # it died: raise rather than never commit again
+                if self._pipeline.failure is not None:
+                    await self._recover(consumer)
+                batch = await consumer.getmany(
+                    timeout_ms=self._poll_ms(), max_records=self.settings.ledger_batch_max
+                )
+                async with self._lock:
+                    started = time.perf_counter()
+                    try:
+                        if batch:
+                            await self._handle_batch(producer, batch)
+                        await self._tick(producer)
+                    except Exception as exc:  # a bug: never let it stop the ledger
+                        log.exception("ledger batch failed")
+                        self._pipeline.failure = exc
+                    self.stats.busy_s += time.perf_counter() - started
+            await self._pipeline.drain()
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            await consumer.stop()
+            await producer.stop()
+
+    async def _recover(self, consumer: AIOKafkaConsumer) -> None:
+        """After a failed send: the views may be ahead of the log. Re-fold, re-read."""
+        log.warning("re-folding the ledger after %r", self._pipeline.failure)
+        async with self._lock:
+            await self._pipeline.drain()
+            self._pipeline.failure = None
+            owned = set(self.owned)
+            await self._rebuild(owned)
+            for partition in owned:
+                tp = TopicPartition(self._topics["commands"], partition)
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+
+    def _poll_ms(self) -> int:
+        if not self._due:
+            return _IDLE_POLL_MS
+        wait = (min(self._due.values()) - self.clock()).total_seconds()
+        return max(0, min(_IDLE_POLL_MS, int(wait * 1000) + 1))
+
+    # ----- partitions ----------------------------------------------------------------
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        async with self._lock:  # let the current batch finish, be acknowledged and committed
+            await self._pipeline.drain()
+            self._forget(partitions)
+            self.owned = self.owned - partitions
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        async with self._lock:
+            await self._rebuild(partitions)
+            self.owned = frozenset(partitions)
+            self.ready.set()
+            log.info("ledger owns partitions %s (%d flow runs)", sorted(partitions), len(self.views))
+
+    def _forget(self, partitions: set[int]) -> None:
+        for flow_run_id in [f for f, p in self.home.items() if p in partitions]:
+            self.views.pop(flow_run_id, None)
+            self.home.pop(flow_run_id, None)
+            self._due.pop(flow_run_id, None)
+
+    async def _rebuild(self, partitions: set[int]) -> None:
+        """Fold the ledger partitions from offset 0: the views of `partitions`, from the log."""
+        started = self.clock()
+        self._forget(partitions)
+        topic = self._topics["ledger"]
+        records = await read_partitions_to_end(
+            self.settings, [TopicPartition(topic, p) for p in sorted(partitions)]
+        )
+        folded = fold_records(records)
+        for record in records:
+            key = record.key.decode() if record.key else None
+            if key in folded:
+                self.home[key] = record.partition
+        self.views.update(folded)
+        for flow_run_id in folded:
+            self._refresh_due(flow_run_id)
+        self.stats.rebuilds += 1
+        self.stats.rebuilt_events += len(records)
+        self.stats.rebuild_s += (self.clock() - started).total_seconds()
+
+    # ----- one batch -----------------------------------------------------------------
+
+    async def _handle_batch(
+        self,
+        producer: AIOKafkaProducer,
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        out = _Batch()
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            if tp.partition not in self.owned:
+                continue  # fetched before a revocation: its new owner reads it again
+            for record in records:
+                await self._handle_record(record, out)
+                offsets[tp] = record.offset + 1
+        await self._send(producer, out, offsets)
+        self.stats.batches += 1
+
+    async def _handle_record(self, record: ConsumerRecord[bytes, bytes], out: _Batch) -> None:
+        self.stats.commands += 1
+        try:
+            command = decode_command(record.value or b"")
+        except EventDecodeError as exc:
+            self._dead_letter(out, record, str(exc))
+            return
+        flow_run_id = command.flow_run_id
+        home = self.home.get(flow_run_id)
+        if home is not None and home != record.partition:
+            self._dead_letter(
+                out,
+                record,
+                f"command for flow run {flow_run_id} arrived on partition {record.partition}, "
+                f"but the run lives on partition {home}: key commands by flow_run_id",
+                flow_run_id,
+            )
+            return
+        view = self.views.get(flow_run_id) or FlowRunView(flow_run_id=flow_run_id)
+        if isinstance(command, RunRequested) and command.plan is None and not view.created:
+            try:
+                command = command.model_copy(update={"plan": await self._plan(command.flow_ref)})
+            except FlowLoadError as exc:
+                self._reject_unloadable(out, record, view, command, exc.reason)
+                return
+        try:
+            view, facts = decide_and_evolve(view, command, self.clock())
+        except Exception as exc:  # a bug in the core must not stop the ledger
+            log.exception("decide failed on command %s", command.event_id)
+            self._dead_letter(out, record, f"the ledger could not decide: {exc!r}", flow_run_id)
+            return
+        if facts:
+            self._record(view, facts, command.event_id, record.partition, out)
+
+    def _record(
+        self,
+        view: FlowRunView,
+        facts: list[Event],
+        command_id: str,
+        partition: int,
+        out: _Batch,
+    ) -> None:
+        """Keep the new view and queue its facts (and work items) for the batch's send."""
+        flow_run_id = view.flow_run_id
+        self.views[flow_run_id] = view
+        self.home[flow_run_id] = partition
+        out.touched.add(flow_run_id)
+        key = flow_run_id.encode()
+        command_header = [(HEADER_COMMAND, command_id.encode())]
+        ledger, work = self._topics["ledger"], self._topics["work"]
+        for fact in facts:
+            value = encode(fact)
+            out.records.append(Outgoing(ledger, partition, key, value, command_header))
+            if isinstance(fact, WorkDispatched):
+                work_key = fact.work.task_run_id.encode()
+                out.records.append(
+                    Outgoing(
+                        work,
+                        partition_of(work_key, self._work_partitions),
+                        work_key,
+                        value,
+                        [(HEADER_PARTITION, str(partition).encode())],
+                    )
+                )
+        self.stats.facts += len(facts)
+
+    async def _send(
+        self,
+        producer: AIOKafkaProducer,
+        out: _Batch,
+        offsets: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        """Queue the batch's records; the pipeline commits `offsets` once they are acked."""
+        futures = await send_records(producer, out.records)
+        for dead in out.dead:
+            futures.append(
+                await producer.send(
+                    self._topics["deadletter"], encode(dead), key=dead.flow_run_id.encode()
+                )
+            )
+        self._pipeline.push(futures, offsets or {})
+        for flow_run_id in out.touched:
+            self._refresh_due(flow_run_id)
+
+    def _dead_letter(
+        self,
+        out: _Batch,
+        record: ConsumerRecord[bytes, bytes],
+        reason: str,
+        flow_run_id: str | None = None,
+    ) -> None:
+        log.warning(
+            "dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        out.dead.append(dead_letter_for(record, reason, flow_run_id))
+        self.stats.dead_letters += 1
+
+    # ----- flows without a plan ------------------------------------------------------
+
+    async def _plan(self, flow_ref: FlowRef) -> FlowPlan:
+        plan = self._plans.get(flow_ref)
+        if plan is None:
+            # Off the loop: importing or unpickling user code may take a while.
+            plan = await asyncio.to_thread(self._plan_of, flow_ref)
+            self._plans[flow_ref] = plan
+        return plan
+
+    def _plan_of(self, flow_ref: FlowRef) -> FlowPlan:
+        flow = load_flow(flow_ref, self.settings)
+        store = FSResultStore(self.settings.result_store_url)
+
+        def persist(value: Any, slug: str) -> dict[str, Any]:
+            return store.persist(Result(value=value), f"constant/{slug}")
+
+        try:
+            return plan_of(flow, persist)
+        except Exception as exc:  # user code: a flow that cannot be planned
+            raise FlowLoadError(f"cannot plan flow {flow.name!r}: {exc!r}") from exc
+
+    def _reject_unloadable(
+        self,
+        out: _Batch,
+        record: ConsumerRecord[bytes, bytes],
+        view: FlowRunView,
+        command: Command,
+        reason: str,
+    ) -> None:
+        rejected = TransitionRejected(
+            event_id=f"{command.event_id}/0",
+            flow_run_id=command.flow_run_id,
+            occurred_at=self.clock(),
+            cause=Cause(command_id=command.event_id, worker=self.identity),
+            command_id=command.event_id,
+            command_type=command.type,
+            reason=f"cannot load the flow: {reason}",
+        )
+        self._record(evolve(view, rejected), [rejected], command.event_id, record.partition, out)
+        self._dead_letter(out, record, f"cannot load the flow: {reason}", command.flow_run_id)
+
+    # ----- the scheduler -------------------------------------------------------------
+
+    def _refresh_due(self, flow_run_id: str) -> None:
+        view = self.views.get(flow_run_id)
+        if view is None or not view.scheduled or view.flow_state_type != "Running":
+            self._due.pop(flow_run_id, None)
+        else:
+            self._due[flow_run_id] = min(datetime.fromisoformat(s) for s in view.scheduled.values())
+
+    async def _tick(self, producer: AIOKafkaProducer) -> None:
+        """SchedulerTicked for every flow run with a start time that has come."""
+        now = self.clock()
+        due = [f for f, at in self._due.items() if at <= now]
+        if not due:
+            return
+        out = _Batch()
+        for flow_run_id in due:
+            view = self.views[flow_run_id]
+            command = SchedulerTicked(
+                event_id=self._tick_id(view, now),
+                flow_run_id=flow_run_id,
+                occurred_at=now,
+                cause=Cause(worker=self.identity),
+            )
+            view, facts = decide_and_evolve(view, command, now)
+            self.stats.ticks += 1
+            if facts:
+                self._record(view, facts, command.event_id, self.home[flow_run_id], out)
+            else:
+                # Nothing could start (e.g. the flow is being cancelled): stop asking
+                # until a command changes this run again.
+                self._due.pop(flow_run_id, None)
+        await self._send(producer, out)
+
+    @staticmethod
+    def _tick_id(view: FlowRunView, now: datetime) -> str:
+        # Derived from what is due (run ids and their seq), not from a counter: the
+        # same tick after a restart has the same id (and is ignored if already
+        # applied), and a later tick for new start times gets a new one.
+        due = sorted(
+            f"{run_id}@{view.task_runs[run_id].seq}"
+            for run_id, start in view.scheduled.items()
+            if datetime.fromisoformat(start) <= now and run_id in view.task_runs
+        )
+        digest = hashlib.sha256("\n".join(due).encode()).hexdigest()[:24]
+        return f"{view.flow_run_id}/tick/{digest}"

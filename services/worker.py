@@ -1,0 +1,517 @@
+"""The worker role: run dispatched task runs, claiming each attempt first.
+
+Work records (`work` topic, consumer group ``{app_id}-workers``) go to a bounded
+ThreadPoolExecutor that runs `engine.worker_core.execute_work` -- the same code
+the local runner uses. What is Kafka-specific lives here:
+
+* **Claims.** `execute_work` proposes Running before the body runs and blocks
+  until the ledger answers. The answer is found by tailing the `ledger` topic
+  (all partitions, from the end at start): facts carry the id of the command
+  they answer in a header, so only the awaited ones are decoded. A refused
+  claim (a redelivered or stale work item) ends as ClientFailed and the body
+  does not run: that is what makes redelivery safe.
+* **Proposals** from the task threads are handed to the event loop and sent in
+  batches; heartbeats go out every `heartbeat_interval_s` for claimed runs.
+* **Offsets** are committed in order, and only up to work items whose every
+  proposal the broker acknowledged. A crash re-delivers the rest; their claims
+  are then refused if they already ran.
+* A flow that cannot be loaded never runs anything: the run is proposed Failed
+  with the reason and the work record is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from engine.clock import Clock, SystemClock
+from engine.flow import Flow
+from engine.result_store import FSResultStore
+from engine.state import Cached, Failed, State
+from engine.worker_core import execute_work
+from events import (
+    Cause,
+    Command,
+    Event,
+    EventDecodeError,
+    HeartbeatSent,
+    MalformedEvent,
+    TaskRunTransitioned,
+    TransitionProposed,
+    WorkDispatched,
+    WorkItem,
+    decode,
+    encode,
+)
+from services.codeload import FlowLoadError, import_handlers, load_flow
+from services.kafka import dead_letter_for, make_consumer, make_producer
+from services.roles import (
+    HEADER_COMMAND,
+    HEADER_PARTITION,
+    Outgoing,
+    header,
+    partition_of,
+    role_identity,
+    send_records,
+)
+from services.settings import Settings
+
+__all__ = ["Worker", "WorkerStats", "decode_work"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 100
+_CLAIM_POLL_S = 0.2
+_DRAIN_GRACE_S = 30.0
+"""On stop, how long running bodies (and pending claims) get to finish."""
+
+
+def decode_work(value: bytes | None) -> WorkItem:
+    """The WorkItem of a work record: a `work_dispatched` fact, or a bare WorkItem object."""
+    try:
+        event = decode(value or b"")
+    except MalformedEvent as exc:
+        try:  # docs/events.md also allows a bare WorkItem
+            return WorkItem.model_validate_json(value or b"")
+        except ValidationError:
+            raise exc from None
+    if not isinstance(event, WorkDispatched):
+        raise MalformedEvent(f"a work record must be a work_dispatched fact, got {event.type!r}")
+    return event.work
+
+
+@dataclass
+class WorkerStats:
+    """Counters for logs, tests and the benchmark."""
+
+    received: int = 0
+    executed: int = 0
+    claims_accepted: int = 0
+    claims_refused: int = 0
+    proposals: int = 0
+    heartbeats: int = 0
+    dead_letters: int = 0
+
+
+@dataclass(eq=False)
+class _Offset:
+    offset: int
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Job:
+    record: ConsumerRecord[bytes, bytes]
+    partition: int
+    """Commands partition of the flow run: where its proposals go."""
+    offset: _Offset
+    sends: list[asyncio.Future[BaseException | None]] = field(default_factory=list)
+    work: WorkItem | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker, consumer: AIOKafkaConsumer) -> None:
+        self.worker, self.consumer = worker, consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.worker._commit(self.consumer)
+        for tp in revoked:
+            # Work still running for these partitions finishes, but its offsets are
+            # the next owner's to commit: it re-reads them and its claims are refused.
+            self.worker._offsets.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            self.worker._offsets.setdefault(tp, deque())
+        self.worker.assigned = frozenset(tp.partition for tp in assigned)
+        log.info(
+            "worker %s assigned work partitions %s",
+            self.worker.identity.id, sorted(self.worker.assigned),
+        )
+        self.worker.ready.set()
+
+
+class Worker:
+    """The worker role; `run(stop)` consumes work until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        name: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.identity = role_identity("worker", name)
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.store = FSResultStore(settings.result_store_url)
+        self.caches: dict[str, list[State]] = {}
+        """cache_for results of this process (Prefect 1 keeps them per process too)."""
+        self.stats = WorkerStats()
+        self.assigned: frozenset[int] = frozenset()
+        self.ready = asyncio.Event()
+        self._topics = settings.topic_names()
+        self._claims: dict[str, concurrent.futures.Future[list[Event]]] = {}
+        self._running: dict[str, tuple[WorkItem, int]] = {}
+        self._outbox: list[tuple[Outgoing, asyncio.Future[BaseException | None] | None]] = []
+        self._outbox_ready = asyncio.Event()
+        self._offsets: dict[TopicPartition, deque[_Offset]] = {}
+        self._in_flight = 0
+        self._slot_free = asyncio.Event()
+        self._give_up_claims = threading.Event()
+        self._cache_lock = threading.Lock()
+        self._partitions: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ----- the loop ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume work until `stop`; then let running bodies finish and commit."""
+        self._loop = asyncio.get_running_loop()
+        producer = make_producer(self.settings)
+        tail = make_consumer(self.settings, group_id=None)
+        consumer = make_consumer(self.settings, group_id=f"{self.settings.app_id}-workers")
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="runledger-task")
+        helpers: list[asyncio.Task[None]] = []
+        await producer.start()
+        try:
+            for name in ("commands", "deadletter"):
+                topic = self._topics[name]
+                self._partitions[name] = len(await producer.partitions_for(topic))
+            await tail.start()
+            await self._position_tail(tail)  # before any claim can be sent
+            helpers = [
+                asyncio.create_task(self._tail_loop(tail), name="worker-ledger-tail"),
+                asyncio.create_task(self._send_loop(producer), name="worker-sender"),
+                asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeats"),
+            ]
+            await consumer.start()
+            consumer.subscribe([self._topics["work"]], listener=_Rebalance(self, consumer))
+            await self._work_loop(consumer, pool, stop, helpers)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # queued work is re-delivered
+            await self._drain()
+            with contextlib.suppress(KafkaError):
+                await self._commit(consumer)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await consumer.stop()
+            await tail.stop()
+            await producer.stop()
+
+    async def _work_loop(
+        self,
+        consumer: AIOKafkaConsumer,
+        pool: ThreadPoolExecutor,
+        stop: asyncio.Event,
+        helpers: list[asyncio.Task[None]],
+    ) -> None:
+        capacity = self.concurrency * 2  # a little prefetch: threads never wait for a fetch
+        while not stop.is_set():
+            for task in helpers:
+                if task.done():  # a helper died: stop rather than stall silently
+                    task.result()
+                    raise RuntimeError(f"worker helper {task.get_name()} stopped")
+            free = capacity - self._in_flight
+            if free <= 0:
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), _POLL_MS / 1000)
+            else:
+                batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=free)
+                for tp, records in batch.items():
+                    if tp in self._offsets:
+                        for record in records:
+                            self._start(tp, record, pool)
+            await self._commit(consumer)
+
+    async def _drain(self) -> None:
+        """Wait (bounded) for started jobs; then pending claims give up (ClientFailed)."""
+        deadline = asyncio.get_running_loop().time() + _DRAIN_GRACE_S
+        while self._in_flight and asyncio.get_running_loop().time() < deadline:
+            self._slot_free.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_free.wait(), 0.1)
+        self._give_up_claims.set()
+        if self._in_flight:
+            log.warning("worker stopping with %d task runs still running", self._in_flight)
+
+    def _start(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], pool: ThreadPoolExecutor
+    ) -> None:
+        assert self._loop is not None
+        self.stats.received += 1
+        entry = _Offset(record.offset)
+        self._offsets[tp].append(entry)
+        home = header(record.headers, HEADER_PARTITION)
+        if home is not None and home.isdigit():
+            partition = int(home)
+        else:  # a work record from elsewhere: where the default partitioner puts the run
+            key = record.key or b""
+            partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
+        job = _Job(record, partition, entry)
+        self._in_flight += 1
+        future = self._loop.run_in_executor(pool, self._execute, job)
+        future.add_done_callback(partial(self._job_done, job))
+
+    def _job_done(self, job: _Job, future: asyncio.Future[None]) -> None:
+        asyncio.get_running_loop().create_task(self._complete(job, future))
+
+    async def _complete(self, job: _Job, future: asyncio.Future[None]) -> None:
+        try:
+            if future.cancelled():
+                return  # never started (stopping): the offset stays uncommitted
+            error = future.exception()
+            if error is not None:
+                log.error("task run job failed: %r", error, exc_info=error)
+            for outcome in await asyncio.gather(*job.sends):
+                if outcome is not None:
+                    log.error("a proposal of %s was not produced: %r", job.record.key, outcome)
+            job.offset.done = True
+        finally:
+            self._in_flight -= 1
+            self._slot_free.set()
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for tp, entries in self._offsets.items():
+            last = None
+            while entries and entries[0].done:
+                last = entries.popleft().offset
+            if last is not None:
+                offsets[tp] = last + 1
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:  # rebalanced meanwhile: the next owner re-delivers
+                log.warning("work commit failed: %r", exc)
+
+    # ----- in a task thread ----------------------------------------------------------
+
+    def _execute(self, job: _Job) -> None:
+        try:
+            work = job.work = decode_work(job.record.value)
+        except EventDecodeError as exc:
+            self._dead_letter(job, f"undecodable work record: {exc}")
+            return
+        try:
+            flow = load_flow(work.flow_ref, self.settings)
+            handlers = import_handlers(
+                work.context.get("task_runner_state_handlers") or (), self.settings
+            )
+        except FlowLoadError as exc:
+            self._unloadable(job, work, exc.reason)
+            return
+        try:
+            final = execute_work(
+                work,
+                flow=flow,
+                submit=partial(self._submit, job),
+                next_id=self._next_id,
+                store=self.store,
+                clock=self.clock,
+                worker=self.identity,
+                handlers=handlers,
+                # Services checkpoint by default; a run may opt out in its context
+                # (what Prefect's local `flow.run(checkpointing=False)` means).
+                checkpointing=work.context.get("checkpointing", True) is not False,
+                caches=self.caches,
+            )
+            self._remember_cache(flow, work.slug, final)
+            self.stats.executed += 1
+        finally:
+            self._running.pop(work.task_run_id, None)
+
+    def _submit(self, job: _Job, command: Command) -> list[Event]:
+        """`execute_work`'s submit: a Running claim blocks until the ledger answers."""
+        assert job.work is not None
+        waiter: concurrent.futures.Future[list[Event]] | None = None
+        if isinstance(command, TransitionProposed):
+            self.stats.proposals += 1
+            if command.state.get("type") == "Running":
+                waiter = concurrent.futures.Future()
+                self._claims[command.event_id] = waiter  # before sending: never miss the answer
+        self._post(job, self._topics["commands"], job.partition, command)
+        if waiter is None:
+            return []
+        facts = self._await_claim(command.event_id, waiter)
+        if any(
+            isinstance(f, TaskRunTransitioned) and f.state.get("type") == "Running" for f in facts
+        ):
+            self.stats.claims_accepted += 1
+            self._running[job.work.task_run_id] = (job.work, job.partition)
+        else:
+            self.stats.claims_refused += 1
+        return facts
+
+    def _await_claim(
+        self, command_id: str, waiter: concurrent.futures.Future[list[Event]]
+    ) -> list[Event]:
+        while True:
+            try:
+                return waiter.result(timeout=_CLAIM_POLL_S)
+            except TimeoutError:
+                if self._give_up_claims.is_set():
+                    self._claims.pop(command_id, None)
+                    return []  # stopping: unclaimed, the body does not run here
+
+    def _post(self, job: _Job | None, topic: str, partition: int, event: Event) -> None:
+        record = Outgoing(topic, partition, event.flow_run_id.encode(), encode(event))
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._enqueue, job, record)
+
+    def _next_id(self) -> str:
+        return f"{self.identity.id}:{uuid.uuid4().hex}"
+
+    def _unloadable(self, job: _Job, work: WorkItem, reason: str) -> None:
+        ref = work.flow_ref.path or work.flow_ref.location
+        failed = Failed(f"Could not load flow {ref}: {reason}")
+        command = TransitionProposed(
+            event_id=self._next_id(),
+            flow_run_id=work.flow_run_id,
+            task_run_id=work.task_run_id,
+            task_slug=work.slug,
+            map_index=work.map_index,
+            occurred_at=self.clock(),
+            cause=Cause(worker=self.identity),
+            expected_seq=work.expected_seq,
+            attempt=work.attempt,
+            state=failed.serialize(),
+            final=True,
+        )
+        self.stats.proposals += 1
+        self._post(job, self._topics["commands"], job.partition, command)
+        self._dead_letter(job, f"cannot load flow {ref}: {reason}", work.flow_run_id)
+
+    def _dead_letter(self, job: _Job, reason: str, flow_run_id: str | None = None) -> None:
+        log.warning("dead letter from work@%d: %s", job.record.offset, reason)
+        self.stats.dead_letters += 1
+        dead = dead_letter_for(job.record, reason, flow_run_id)
+        topic = self._topics["deadletter"]
+        key = dead.key.encode() if dead.key else b""
+        self._post(job, topic, partition_of(key, self._partitions["deadletter"]), dead)
+
+    def _remember_cache(self, flow: Flow, slug: str, final: State) -> None:
+        expires = getattr(final, "cached_result_expiration", None)
+        if not isinstance(final, Cached) or expires is None:
+            return
+        task = flow.task_by_slug(slug)
+        key = task.cache_key or task.name
+        now = self.clock()
+        with self._cache_lock:
+            # Replaced, not appended: task threads may be reading the old list.
+            kept = [c for c in self.caches.get(key, []) if _unexpired(c, now)]
+            self.caches[key] = [*kept, final]
+
+    # ----- on the event loop ---------------------------------------------------------
+
+    def _enqueue(self, job: _Job | None, record: Outgoing) -> None:
+        assert self._loop is not None
+        ack: asyncio.Future[BaseException | None] | None = None
+        if job is not None:
+            ack = self._loop.create_future()
+            job.sends.append(ack)
+        self._outbox.append((record, ack))
+        self._outbox_ready.set()
+
+    async def _send_loop(self, producer: AIOKafkaProducer) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            items, self._outbox = self._outbox, []
+            acks = [ack for _, ack in items if ack is not None]
+            try:
+                futures = await send_records(producer, [record for record, _ in items])
+            except Exception as exc:
+                log.exception("could not queue %d records", len(items))
+                _settle(acks, exc)
+                continue
+            done = asyncio.gather(*futures)
+            done.add_done_callback(partial(_settle_from, acks))
+
+    async def _position_tail(self, tail: AIOKafkaConsumer) -> None:
+        topic = self._topics["ledger"]
+        await tail.topics()  # metadata, so the partitions are known
+        tps = [TopicPartition(topic, p) for p in sorted(tail.partitions_for_topic(topic) or ())]
+        tail.assign(tps)
+        await tail.seek_to_end(*tps)
+        for tp in tps:
+            # Resolve the position now: a lazy seek could skip an answer that lands
+            # before the first fetch. (On Tansu the "end" may be a little early, which
+            # only means reading a few old facts.)
+            await tail.position(tp)
+
+    async def _tail_loop(self, tail: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await tail.getmany(timeout_ms=_POLL_MS, max_records=10_000)
+            if not self._claims:
+                continue  # fetched before any pending claim was sent: no answer inside
+            for records in batch.values():
+                for record in records:
+                    command_id = header(record.headers, HEADER_COMMAND)
+                    waiter = self._claims.pop(command_id.decode(), None) if command_id else None
+                    if waiter is None:
+                        continue
+                    try:
+                        waiter.set_result([decode(record.value or b"")])
+                    except EventDecodeError as exc:
+                        log.error("undecodable answer to claim %s: %s", command_id, exc)
+                        waiter.set_result([])
+
+    async def _heartbeat_loop(self) -> None:
+        commands = self._topics["commands"]
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            for task_run_id, (work, partition) in list(self._running.items()):
+                beat = HeartbeatSent(
+                    event_id=self._next_id(),
+                    flow_run_id=work.flow_run_id,
+                    task_run_id=task_run_id,
+                    task_slug=work.slug,
+                    map_index=work.map_index,
+                    occurred_at=self.clock(),
+                    cause=Cause(worker=self.identity),
+                    attempt=work.attempt,
+                )
+                self.stats.heartbeats += 1
+                self._enqueue(
+                    None, Outgoing(commands, partition, work.flow_run_id.encode(), encode(beat))
+                )
+
+
+def _settle(acks: list[asyncio.Future[BaseException | None]], error: BaseException | None) -> None:
+    # Errors are results, not exceptions: a heartbeat's ack has no reader, and an
+    # unread future exception would only be logged as "never retrieved".
+    for ack in acks:
+        if not ack.done():
+            ack.set_result(error)
+
+
+def _settle_from(
+    acks: list[asyncio.Future[BaseException | None]], done: asyncio.Future[Any]
+) -> None:
+    error = None if done.cancelled() else done.exception()
+    _settle(acks, error)
+
+
+def _unexpired(state: State, now: Any) -> bool:
+    expiration = getattr(state, "cached_result_expiration", None)
+    return expiration is None or expiration > now
