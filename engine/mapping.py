@@ -88,13 +88,16 @@ def flattened(upstream_states: Mapping[Edge, State]) -> dict[Edge, State]:
 
 def child_count(upstream_states: Mapping[Edge, State]) -> int:
     """How many children the mapped edges allow (the shortest source wins)."""
+    # Prefect: a Mapped source counts its children, a successful plain source the
+    # length of its result; a failed source does not limit the count (each child
+    # receives it whole, and its trigger fails).
     counts = []
     for edge, state in upstream_states.items():
         if not edge.mapped:
             continue
         if state.is_mapped():
             counts.append(len(state.map_states))  # type: ignore[attr-defined]
-        else:
+        elif state.is_successful():
             try:
                 counts.append(len(state.result))
             except TypeError:
@@ -110,6 +113,8 @@ def upstream_for_child(upstream_states: Mapping[Edge, State], index: int) -> dic
             child[edge] = state
         elif state.is_mapped():
             child[edge] = state.map_states[index]  # type: ignore[attr-defined]
-        else:
+        elif state.is_successful():
             child[edge] = _with_value(state, state.result[index])
+        else:
+            child[edge] = state
     return child

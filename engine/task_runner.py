@@ -19,7 +19,6 @@ from engine.cache_validators import call_validator, tokenize
 from engine.clock import Clock, SystemClock
 from engine.context import bound_live
 from engine.edges import Edge
-from engine.mapping import child_count
 from engine.results import Result, ResultNotImplementedError
 from engine.state import (
     Cached,
@@ -356,7 +355,12 @@ class TaskRunner:
                 raise signals.ENDRUN(
                     Failed("At least one upstream state has an unmappable result.")
                 )
-        n = child_count(mapped_edges)
+        counts = [
+            upstream.n_map_states if isinstance(upstream, Mapped) else len(upstream.result)
+            for upstream in mapped_edges.values()
+            if upstream.is_mapped() or upstream.is_successful()
+        ]
+        n = min(counts, default=0)
         raise signals.ENDRUN(Mapped("Ready to proceed with mapping.", n_map_states=n))
 
     def set_task_run_name(self, task_inputs: Mapping[str, Result]) -> None:
@@ -406,14 +410,15 @@ class TaskRunner:
         now = self.clock()
         parameters = self.context.get("parameters") or {}
         validator = self.task.cache_validator
+        values = {key: result.value for key, result in inputs.items()}  # as Prefect passes them
         if state.is_cached():
-            if call_validator(validator, state, inputs, parameters, now):
+            if call_validator(validator, state, values, parameters, now):
                 return state
-            return Pending("Cache was invalid; ready to run.")
+            state = Pending("Cache was invalid; ready to run.")
         if self.task.cache_for is not None:
             caches: Mapping[str, list[State]] = self.context.get("caches") or {}
             for candidate in caches.get(self.task.cache_key or self.task.name, []):
-                if call_validator(validator, candidate, inputs, parameters, now):
+                if call_validator(validator, candidate, values, parameters, now):
                     return candidate
         return state
 

@@ -167,6 +167,8 @@ def _child_view(edge: Edge, state: State, index: int, indexed: bool) -> State:
     if state.is_mapped():
         child: State = state.map_states[index]  # type: ignore[attr-defined]
         return child
+    if not state.is_successful():
+        return state  # a failed source reaches every child whole (its trigger fails)
     return state.copy_with(result=Result(value=state.result[index]))
 
 

@@ -242,8 +242,9 @@ def run_demo(settings: Settings, *, n: int = 5, console: Console | None = None) 
         for service in reversed(services):
             status = service.stop()
             console.print(f"stopped {service.role} (pid {service.pid}, exit status {status})")
+        broker_pid = broker.pid
         broker.stop()
-        console.print(f"stopped the broker (pid {broker.pid or '-'})")
+        console.print(f"stopped the broker (pid {broker_pid or '-'})")
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -62,9 +62,9 @@ from services.roles import (
     CommitPipeline,
     HEADER_PARTITION,
     Outgoing,
-    partition_of,
     role_identity,
     send_records,
+    spread,
 )
 from services.settings import Settings
 
@@ -161,7 +161,9 @@ class Ledger:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume commands until `stop` is set; what was taken is produced and committed."""
-        producer = make_producer(self.settings, max_request_size=16 << 20)
+        # linger 0: records are batched here already (send_records); a linger would
+        # only add its time to every hop of every run.
+        producer = make_producer(self.settings, linger_ms=0, max_request_size=16 << 20)
         consumer = make_consumer(
             self.settings,
             group_id=f"{self.settings.app_id}-ledger",
@@ -338,7 +340,7 @@ class Ledger:
                 out.records.append(
                     Outgoing(
                         work,
-                        partition_of(work_key, self._work_partitions),
+                        spread(work_key, self._work_partitions),
                         work_key,
                         value,
                         [(HEADER_PARTITION, str(partition).encode())],

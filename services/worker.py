@@ -25,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
 import threading
 import uuid
 from collections import deque
@@ -77,6 +78,7 @@ log = logging.getLogger(__name__)
 
 _POLL_MS = 100
 _CLAIM_POLL_S = 0.2
+_SWITCH_INTERVAL_S = 0.0005
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
 
@@ -185,7 +187,11 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume work until `stop`; then let running bodies finish and commit."""
         self._loop = asyncio.get_running_loop()
-        producer = make_producer(self.settings)
+        # Task threads hold the GIL for up to the switch interval (5 ms by default)
+        # whenever the event loop needs it: every fetch, send and claim answer would
+        # wait that long. A shorter interval keeps the loop responsive.
+        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
+        producer = make_producer(self.settings, linger_ms=0)  # batched in _send_loop
         tail = make_consumer(self.settings, group_id=None)
         consumer = make_consumer(self.settings, group_id=f"{self.settings.app_id}-workers")
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="runledger-task")

@@ -235,7 +235,7 @@ def _react(d: _Decision, slug: str, map_index: int | None) -> None:
             _after_parent_finished(d, slug)
         else:
             _after_child_finished(d, slug, map_index)
-    elif is_due(record, d.now) and record.state_type != "Pending":
+    elif record.state_type != "Pending" and _dispatchable(d, record):
         _dispatch(d, record)
     _finish_flow_if_done(d)
 
@@ -331,7 +331,10 @@ def _cancel_requested(d: _Decision) -> None:
         return
     d.move_flow(blobs.FLOW_CANCELLING)
     for record in list(d.view.task_runs.values()):
-        if record.state_type in RUNNING:
+        if record.state_type == "Cancelling":
+            continue
+        if record.state_type in RUNNING or not record.final:
+            # A worker is still on it: its next proposal ends it Cancelled.
             d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLING)
         elif not record.rests_finished:
             d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
@@ -341,6 +344,10 @@ def _cancel_requested(d: _Decision) -> None:
 def _resume_requested(d: _Decision) -> None:
     command = d.command
     assert isinstance(command, ResumeRequested)
+    if d.view.flow_state_type != "Running":
+        d.reject(f"flow run {d.view.flow_run_id} is {d.view.flow_state_type}, not Running",
+                 command.task_run_id)
+        return
     record = d.view.task_runs.get(command.task_run_id)
     if record is None or record.state_type != "Paused":
         found = "unknown" if record is None else record.state_type

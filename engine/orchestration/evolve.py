@@ -63,7 +63,10 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
             f"event {event.event_id} belongs to flow run {event.flow_run_id}, "
             f"not {view.flow_run_id}"
         )
-    changes: Changes = {"last_event_at": event.occurred_at}
+    changes: Changes = {}
+    # Only ever forward: a late redelivery of an old event must change nothing.
+    if view.last_event_at is None or event.occurred_at > view.last_event_at:
+        changes["last_event_at"] = event.occurred_at
     command_id = event.cause.command_id
     if command_id is not None and command_id not in view.processed_commands:
         changes["processed_commands"] = view.processed_commands.set(command_id, None)
@@ -187,7 +190,8 @@ def _work_dispatched(view: FlowRunView, event: Event, changes: Changes) -> None:
 
 def _heartbeat_recorded(view: FlowRunView, event: Event, changes: Changes) -> None:
     record = view.task_runs.get(event.task_run_id or "")
-    if record is not None:
+    beat = record.last_heartbeat if record is not None else None
+    if record is not None and (beat is None or event.occurred_at > beat):
         changes["task_runs"] = view.task_runs.set(
             record.task_run_id, record._replace(last_heartbeat=event.occurred_at)
         )

@@ -27,14 +27,14 @@ SUCCESSFUL = frozenset({"Success", "Cached", "Mapped", "Skipped"})
 
 _RUN_OUTCOMES = FINISHED - {"Looped"}
 
-TRANSITIONS: Mapping[str, frozenset[str]] = {
+_STEPS: Mapping[str, frozenset[str]] = {
     # Before running: dispatch, claim, or end without running (trigger, skip,
     # cache hit, mapping, manual_only pause, cache invalidation).
     **{name: PENDING | {"Submitted", "Queued", "Running"} | _RUN_OUTCOMES for name in PENDING},
     "Submitted": PENDING | {"Queued", "Running"} | _RUN_OUTCOMES,
     "Queued": PENDING | {"Submitted", "Running"} | _RUN_OUTCOMES,
     # A running body ends in any outcome, a loop iteration, a retry or a pause.
-    "Running": FINISHED | {"Retrying", "Paused", "Cancelling"},
+    "Running": FINISHED | {"Retrying", "Paused"},
     "Cancelling": frozenset({"Cancelled"}),
     # The next loop iteration starts from a fresh Pending.
     "Looped": frozenset({"Pending"}),
@@ -49,6 +49,17 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "Skipped": frozenset(),
     "Cancelled": frozenset(),
     "ClientFailed": frozenset(),
+}
+
+CANCELLABLE: frozenset[str] = frozenset(
+    name for name, targets in _STEPS.items() if targets and name != "Cancelling"
+)
+"""States a worker may still be working from: a cancel moves a run that has not
+come to rest to Cancelling, and its worker's next proposal ends it Cancelled."""
+
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    name: targets | {"Cancelling"} if name in CANCELLABLE else targets
+    for name, targets in _STEPS.items()
 }
 
 MANUAL_TARGETS: frozenset[str] = (PENDING | FINISHED) - {"Looped", "Mapped"}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from pydantic import SecretStr
 from rich.console import Console
 
 from engine.flow_runner import FlowRunner
@@ -148,7 +149,9 @@ async def test_submit_refuses_values_that_are_not_json() -> None:
 async def test_submit_of_a_flow_object_sends_a_signed_pickle(tmp_path: Path) -> None:
     client, producer = _client()
     client.settings = Settings(
-        topic_prefix="unit.", signing_key="k" * 32, result_store_url=f"file://{tmp_path}"
+        topic_prefix="unit.",
+        signing_key=SecretStr("k" * 32),
+        result_store_url=f"file://{tmp_path}",
     )
     await client.submit(demo_flow, {"n": 2})
     command = decode_command(producer.sent[0][1])

@@ -197,12 +197,6 @@ def test_app_services_share_the_result_store_volume() -> None:
         assert any(volume.endswith(f":{data_dir}") for volume in SERVICES[name]["volumes"])
 
 
-@pytest.mark.xfail(
-    reason="the ledger, worker and api subcommands are written next (issue 3); "
-    "remove this mark when they exist",
-    raises=SystemExit,
-    strict=True,
-)
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_service_commands_are_runledger_subcommands(service: str) -> None:
     """Each app service's command parses with the real `runledger` argument parser."""

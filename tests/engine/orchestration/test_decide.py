@@ -15,6 +15,7 @@ from engine.orchestration import (
     decide_and_evolve,
 )
 from engine.state import (
+    Cached,
     Failed,
     Looped,
     Mapped,
@@ -642,8 +643,22 @@ def test_cancel_of_a_flow_that_is_not_running_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     "passing",
-    [Failed("boom"), Looped(loop_count=1), Success(result=1)],
-    ids=["Failed-before-Retrying", "Looped-before-Pending", "Success-before-Cached"],
+    [
+        Failed("boom"),
+        Looped(loop_count=1),
+        Success(result=1),
+        Cached(result=1),
+        Skipped(),
+        Mapped(n_map_states=0),
+    ],
+    ids=[
+        "Failed-before-Retrying",
+        "Looped-before-Pending",
+        "Success-before-Cached",
+        "Cached-not-final",
+        "Skipped-not-final",
+        "Mapped-not-final",
+    ],
 )
 def test_cancel_moves_a_run_between_steps_only_along_the_transition_table(passing: State) -> None:
     """A run resting on a non-final step is cancelled by a move the rules allow."""
@@ -654,6 +669,17 @@ def test_cancel_moves_a_run_between_steps_only_along_the_transition_table(passin
         (e.previous, e.state["type"]) for e in ledger.cancel() if isinstance(e, TaskRunTransitioned)
     ]
     assert moves
+    assert [m for m in moves if not allowed(*m)] == []
+
+
+def test_cancel_does_not_move_a_run_that_is_already_cancelling() -> None:
+    """A run a worker already put in Cancelling is not moved Cancelling -> Cancelling."""
+    ledger = Ledger(plan(ptask("a"), ptask("b")))
+    ledger.propose("a", Running(), final=False)
+    assert not reasons(ledger.propose("a", {"type": "Cancelling"}, final=False))
+    moves = [
+        (e.previous, e.state["type"]) for e in ledger.cancel() if isinstance(e, TaskRunTransitioned)
+    ]
     assert [m for m in moves if not allowed(*m)] == []
 
 

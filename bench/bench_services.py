@@ -1,0 +1,294 @@
+"""RunLedger services end to end on the embedded broker, beside the raw aiokafka ceiling.
+
+    .venv/bin/python bench/bench_services.py [--inputs 10000] [--runs 500] [--workers 1]
+
+Starts its own Tansu broker (127.0.0.1, free port), then in this one run:
+
+1. raw aiokafka on that broker: batched produce and `getmany` consume of 100k
+   ~300-byte records, and a produce->consume round trip (p50/p99) with the same
+   fetch wait the services use -- the ceiling the services are measured against;
+2. a ledger process and worker process(es) (`python -m services.app --roles ...`);
+3. throughput: a flow mapped over `--inputs` trivial inputs, from submit to the
+   flow's Success on the ledger (task runs/s, all task runs counted);
+4. latency: `--runs` single-task flow runs one after the other, from submit to
+   the flow's Success seen by a ledger subscriber (p50/p99).
+
+Every process it starts is stopped by PID. Prints a report; writes nothing in the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from events import FlowRef, FlowRunTransitioned, RunRequested, decode, encode  # noqa: E402
+from services.broker import EmbeddedBroker  # noqa: E402
+from services.settings import Settings  # noqa: E402
+from services.topics import ensure_topics  # noqa: E402
+
+FETCH_WAIT_MS = 5
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ----- the ceiling: raw aiokafka on the same broker -----------------------------------
+
+
+async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 4, 1)])
+    await admin.close()
+    value = b"x" * 300
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, max_batch_size=1 << 20)
+    await producer.start()
+    started = time.perf_counter()
+    futures = []
+    for p in range(4):
+        batch = producer.create_batch()
+        for i in range(n // 4):
+            if batch.append(key=None, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=p))
+                batch = producer.create_batch()
+                batch.append(key=None, value=value, timestamp=None)
+        futures.append(await producer.send_batch(batch, topic, partition=p))
+    await asyncio.gather(*futures)
+    produce_batch = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    sends = [await producer.send(topic, value, key=str(i).encode()) for i in range(n // 4)]
+    await asyncio.gather(*sends)
+    produce_send = (n // 4) / (time.perf_counter() - started)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        fetch_max_wait_ms=FETCH_WAIT_MS, max_partition_fetch_bytes=8 << 20,
+    )
+    await consumer.start()
+    total, started = 0, time.perf_counter()
+    while total < n + n // 4:
+        for records in (await consumer.getmany(timeout_ms=500, max_records=20_000)).values():
+            total += len(records)
+    consume = total / (time.perf_counter() - started)
+    latencies = []
+    for i in range(300):
+        sent = time.perf_counter()
+        await producer.send_and_wait(topic, b"ping", partition=i % 4)
+        got = False
+        while not got:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got = got or any(r.value == b"ping" for r in records)
+        latencies.append((time.perf_counter() - sent) * 1000)
+    await consumer.stop()
+    await producer.stop()
+    return {
+        "produce_batch_msgs_s": produce_batch,
+        "produce_send_msgs_s": produce_send,
+        "consume_msgs_s": consume,
+        "round_trip_p50_ms": pct(latencies, 0.5),
+        "round_trip_p99_ms": pct(latencies, 0.99),
+    }
+
+
+# ----- the services ----------------------------------------------------------------------
+
+
+@contextmanager
+def services(settings: Settings, workers: int, concurrency: int, logdir: Path) -> Iterator[None]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RUNLEDGER_BROKERS": settings.brokers,
+        "RUNLEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "RUNLEDGER_APP_ID": settings.app_id,
+        "RUNLEDGER_DATA_DIR": str(settings.data_dir),
+        "RUNLEDGER_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
+        "RUNLEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+    }
+    argvs = [["--roles", "ledger"]] + [
+        ["--roles", "worker", "--concurrency", str(concurrency)] for _ in range(workers)
+    ]
+    processes = []
+    try:
+        for i, extra in enumerate(argvs):
+            log = open(logdir / f"role-{i}.log", "wb")  # noqa: SIM115 (closed with the process)
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.app", "--log-level", "WARNING", *extra],
+                    cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+            )
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+class Subscriber:
+    """Tails every ledger partition and notes when each flow run reached Success."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.finished: dict[str, tuple[float, str]] = {}
+        self.waiters: dict[str, asyncio.Event] = {}
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.brokers, fetch_max_wait_ms=FETCH_WAIT_MS,
+            max_partition_fetch_bytes=16 << 20,
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        topic = self.settings.topic("ledger")
+        await self.consumer.topics()
+        tps = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or ()]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            for records in (await self.consumer.getmany(timeout_ms=100)).values():
+                for record in records:
+                    if b'"flow_run_transitioned"' not in (record.value or b""):
+                        continue  # cheap filter: only flow transitions are decoded
+                    event = decode(record.value or b"")
+                    if isinstance(event, FlowRunTransitioned) and event.state["type"] in (
+                        "Success", "Failed", "Cancelled",
+                    ):
+                        self.finished[event.flow_run_id] = (time.perf_counter(), event.state["type"])
+                        waiter = self.waiters.get(event.flow_run_id)
+                        if waiter is not None:
+                            waiter.set()
+
+    async def wait(self, flow_run_id: str, timeout: float) -> tuple[float, str]:
+        waiter = self.waiters.setdefault(flow_run_id, asyncio.Event())
+        if flow_run_id not in self.finished:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        return self.finished[flow_run_id]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+
+def run_request(path: str, parameters: dict[str, object]) -> RunRequested:
+    return RunRequested(
+        event_id=str(uuid.uuid4()), flow_run_id=str(uuid.uuid4()),
+        occurred_at=datetime.now(UTC), flow_ref=FlowRef(kind="import", path=path),
+        parameters=parameters,
+    )
+
+
+async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[str, float]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.brokers, linger_ms=0)
+    await producer.start()
+    subscriber = Subscriber(settings)
+    await subscriber.start()
+    commands = settings.topic("commands")
+
+    async def submit(command: RunRequested) -> float:
+        sent = time.perf_counter()
+        await producer.send_and_wait(commands, encode(command), key=command.flow_run_id.encode())
+        return sent
+
+    # Warm up: the roles join their groups, import the flows and plan them once.
+    for path, params in (("tests.integration.flows.simple:single", {}),
+                         ("tests.integration.flows.mapping:trivial_map", {"n": 10})):
+        warm = run_request(path, params)
+        await submit(warm)
+        await subscriber.wait(warm.flow_run_id, timeout=120)
+
+    big = run_request("tests.integration.flows.mapping:trivial_map", {"n": inputs})
+    sent = await submit(big)
+    done, state = await subscriber.wait(big.flow_run_id, timeout=600)
+    elapsed = done - sent
+    task_runs = inputs + 3  # the children, the Mapped parent, make_inputs and the parameter
+
+    latencies = []
+    for _ in range(runs):
+        one = run_request("tests.integration.flows.simple:single", {})
+        sent = await submit(one)
+        done, _ = await subscriber.wait(one.flow_run_id, timeout=60)
+        latencies.append((done - sent) * 1000)
+    await subscriber.stop()
+    await producer.stop()
+    return {
+        "map_inputs": inputs,
+        "map_state": state,  # type: ignore[dict-item]
+        "map_seconds": elapsed,
+        "map_task_runs_s": task_runs / elapsed,
+        "single_runs": runs,
+        "single_p50_ms": statistics.median(latencies),
+        "single_p99_ms": pct(latencies, 0.99),
+        "single_max_ms": max(latencies),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="runledger-bench-") as tmp:
+        workdir = Path(tmp)
+        with EmbeddedBroker(log_dir=workdir / "broker") as broker:
+            print(f"broker: Tansu on {broker.bootstrap}; cores: {os.cpu_count()}")
+            ceiling = await raw_ceiling(broker.bootstrap)
+            print("raw aiokafka on this broker (the ceiling):")
+            for key, value in ceiling.items():
+                print(f"  {key:<24} {value:>12,.1f}")
+            unique = uuid.uuid4().hex[:8]
+            settings = Settings(
+                brokers=broker.bootstrap, topic_prefix=f"bench{unique}.", app_id=f"bench{unique}",
+                data_dir=workdir / "data", fetch_max_wait_ms=FETCH_WAIT_MS,
+                session_timeout_ms=3000,
+            )
+            await ensure_topics(settings)
+            with services(settings, args.workers, args.concurrency, workdir):
+                figures = await measure_services(settings, args.inputs, args.runs)
+            print(
+                f"services ({args.workers} worker process(es) x {args.concurrency} threads, "
+                f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
+            )
+            for key, value in figures.items():
+                shown = f"{value:>12,.1f}" if isinstance(value, float) else f"{value!s:>12}"
+                print(f"  {key:<24} {shown}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=64)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
