@@ -141,7 +141,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux).
 
     This covers the parent being SIGKILLed, where no ``atexit`` hook runs. Note that
@@ -317,7 +317,7 @@ class EmbeddedBroker:
                 # Own session: a Ctrl-C in the terminal reaches only our CLI, which
                 # then stops the broker in order.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         self._port = port
 

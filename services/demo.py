@@ -30,7 +30,7 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from services.broker import EmbeddedBroker, _die_with_parent
+from services.broker import EmbeddedBroker, die_with_parent
 from services.client import Client
 from services.settings import Settings
 from services.topics import ensure_topics
@@ -136,7 +136,7 @@ def _start(role: str, env: dict[str, str], log_dir: Path) -> ServiceProcess:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-            preexec_fn=_die_with_parent(),  # and they die with the demo if it is killed
+            preexec_fn=die_with_parent(),  # and they die with the demo if it is killed
         )
     return ServiceProcess(role, process, log_path)
 

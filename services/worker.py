@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from engine.clock import Clock, SystemClock
 from engine.flow import Flow
 from engine.result_store import FSResultStore
+from engine.results import FSResult, NoResult, Result
 from engine.state import Cached, Failed, State
 from engine.worker_core import execute_work
 from events import (
@@ -72,7 +73,7 @@ from services.roles import (
 )
 from services.settings import Settings
 
-__all__ = ["Worker", "WorkerStats", "decode_work"]
+__all__ = ["ServiceResultStore", "Worker", "WorkerStats", "decode_work"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,29 @@ _CLAIM_POLL_S = 0.2
 _SWITCH_INTERVAL_S = 0.0005
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
+
+
+class ServiceResultStore(FSResultStore):
+    """`FSResultStore` that never hands out a reference to an unwritten location.
+
+    A task's FSResult/LocalResult keeps its (target) location even when the value
+    was not written -- checkpointing off, or a `None` value -- and the core's
+    `FSResultStore.persist` takes any FSResult with a location as stored (the
+    in-memory store of the local runner keeps the value beside it instead). A
+    downstream task on another worker would then read a file that does not
+    exist. Such a value is written content-addressed under the store instead;
+    a result that was written carries its hash and is passed on as it is.
+    """
+
+    def persist(self, result: Result, key: str) -> dict[str, Any]:
+        if (
+            result is not NoResult
+            and isinstance(result, FSResult)
+            and result.location is not None
+            and result.hash is None
+        ):
+            result = Result(value=result.value)
+        return super().persist(result, key)
 
 
 def decode_work(value: bytes | None) -> WorkItem:
@@ -163,7 +187,7 @@ class Worker:
         self.clock: Clock = clock or SystemClock()
         self.identity = role_identity("worker", name)
         self.concurrency = concurrency or settings.worker_concurrency
-        self.store = FSResultStore(settings.result_store_url)
+        self.store = ServiceResultStore(settings.result_store_url)
         self.caches: dict[str, list[State]] = {}
         """cache_for results of this process (Prefect 1 keeps them per process too)."""
         self.stats = WorkerStats()

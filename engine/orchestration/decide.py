@@ -19,6 +19,7 @@ from engine.orchestration.evolve import apply_in_place, copy_view
 from engine.orchestration.rules import (
     FAILED,
     FINISHED,
+    LEADS_ON,
     RUNNING,
     SUCCESSFUL,
     allowed,
@@ -213,6 +214,8 @@ def _proposal_problem(
     assert new_type is not None
     if not allowed(record.state_type, new_type):
         return f"illegal transition {record.state_type} -> {new_type}"
+    if not command.final and new_type not in LEADS_ON:
+        return f"{new_type} leads nowhere, so it can only be the final state of a run"
     if new_type == "Running" and command.attempt != record.attempt:
         return (
             f"claim for attempt {command.attempt} but the ledger dispatched attempt "

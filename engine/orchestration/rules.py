@@ -51,9 +51,10 @@ _STEPS: Mapping[str, frozenset[str]] = {
     "ClientFailed": frozenset(),
 }
 
-CANCELLABLE: frozenset[str] = frozenset(
-    name for name, targets in _STEPS.items() if targets and name != "Cancelling"
-)
+LEADS_ON: frozenset[str] = frozenset(name for name, targets in _STEPS.items() if targets)
+"""States a run can leave again: only these may be a step on the way (final=False)."""
+
+CANCELLABLE: frozenset[str] = LEADS_ON - {"Cancelling"}
 """States a worker may still be working from: a cancel moves a run that has not
 come to rest to Cancelling, and its worker's next proposal ends it Cancelled."""
 

@@ -91,11 +91,12 @@ async def test_run_watch_exits_0_for_a_successful_flow(services: Settings) -> No
     result = await runledger(
         services, "run", "examples.demo:flow", "-p", "n=3", "--watch", "--timeout", "45"
     )
-    assert result.status == 0, result.err
-    assert "finished: Success" in result.out
-    assert "square-1[2]" in result.out
-    assert "attempt 2" in result.out  # flaky_total was retried
-    assert "Traceback" not in result.err
+    transcript = result.out + result.err
+    assert result.status == 0, transcript
+    assert "finished: Success" in result.out, transcript
+    assert "square-1[2]" in result.out, transcript
+    assert "attempt 2" in result.out, transcript  # flaky_total was retried
+    assert "Traceback" not in result.err, transcript
 
 
 async def test_run_watch_exits_1_for_a_failing_flow(services: Settings) -> None:

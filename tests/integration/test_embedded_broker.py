@@ -155,11 +155,11 @@ def test_stop_escalates_to_sigkill(monkeypatch: pytest.MonkeyPatch) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_die_with_parent_is_available_on_linux() -> None:
+def testdie_with_parent_is_available_on_linux() -> None:
     """On Linux the broker is spawned with PR_SET_PDEATHSIG (dies if we are SIGKILLed)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("Linux only")
-    assert broker_module._die_with_parent() is not None
+    assert broker_module.die_with_parent() is not None
 
 
 def _start_cli(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int, int]:

@@ -350,10 +350,10 @@ def build_flow(specs: list[TaskSpec]) -> Flow:
     return flow
 
 
-def run_locally(specs: list[TaskSpec]) -> RunOutcome:
+def run_locally(specs: list[TaskSpec], flow: Flow | None = None) -> RunOutcome:
     """Run the flow on a FixedClock whose sleep advances it, approving every pause."""
     clock = FixedClock(NOW)
-    return FlowRunner(build_flow(specs), clock=clock, sleep=clock.advance).run(
+    return FlowRunner(flow or build_flow(specs), clock=clock, sleep=clock.advance).run(
         flow_run_id=FR, on_paused=lambda paused: True
     )
 
@@ -391,23 +391,15 @@ def test_folding_the_local_runners_ledger_reproduces_its_final_states(
     specs: list[TaskSpec],
 ) -> None:
     """The ledger alone rebuilds the runner's view and every final task (and child) state."""
-    outcome = run_locally(specs)
+    flow = build_flow(specs)
+    outcome = run_locally(specs, flow)
     view = fold(outcome.events)
     assert view == outcome.view
     assert type(outcome.state).__name__ == view.flow_state_type
-    flow_tasks = outcome.state.result
-    assert len(flow_tasks) == len(specs) + sum(s.behaviour.startswith("map") for s in specs)
-    for t, state in flow_tasks.items():
-        slug = f"{t.name}-1" if t.name.startswith("t") else None
-        record = (
-            view.record(slug)
-            if slug
-            else next(
-                r
-                for r in view.task_runs.values()
-                if r.slug.startswith("Constant") and r.map_index is None
-            )
-        )
+    final_states: dict[Task, State] = outcome.state.result
+    assert set(final_states) == flow.tasks
+    for t, state in final_states.items():
+        record = view.record(flow.slugs[t])
         assert record is not None
         assert_same_state(outcome, record.state, state)
         if isinstance(state, Mapped):
