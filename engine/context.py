@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any
 
@@ -43,14 +43,18 @@ class TaskContext(Mapping[str, Any]):
 context = TaskContext()
 
 
-@contextmanager
-def bound_live(values: dict[str, Any]) -> Iterator[None]:
-    """Bind a read-only *live* view of `values` (later changes to the dict show)."""
-    token = _current.set(MappingProxyType(values))
-    try:
-        yield
-    finally:
-        _current.reset(token)
+def bind_live(values: dict[str, Any]) -> Token[Mapping[str, Any]]:
+    """Bind a read-only *live* view of `values` (later changes to the dict show).
+
+    Returns the token for `unbind`; a plain pair of calls rather than a context
+    manager because the TaskRunner does this once per run on its hot path.
+    """
+    return _current.set(MappingProxyType(values))
+
+
+def unbind(token: Token[Mapping[str, Any]]) -> None:
+    """Restore the binding `bind_live` replaced."""
+    _current.reset(token)
 
 
 @contextmanager

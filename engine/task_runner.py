@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, TypeVar
 from engine import signals
 from engine.cache_validators import call_validator, tokenize
 from engine.clock import Clock, SystemClock
-from engine.context import bound_live
+from engine.context import bind_live, unbind
 from engine.edges import Edge
 from engine.results import Result, ResultNotImplementedError
 from engine.state import (
@@ -225,8 +225,11 @@ class TaskRunner:
     ) -> tuple[State, bool]:
         self.context = context
         # Triggers and handlers read the task context too (manual_only reads `resume`).
-        with bound_live(context):
+        token = bind_live(context)
+        try:
             return self._pipeline(state, upstream_states, is_mapped_parent)
+        finally:
+            unbind(token)
 
     def _pipeline(
         self, state: State | None, upstream_states: dict[Edge, State], is_mapped_parent: bool
@@ -452,7 +455,8 @@ class TaskRunner:
             raise signals.ENDRUN(state)
         kwargs = {key: r.value for key, r in inputs.items()}
         try:
-            value = run_with_timeout(self.task.run, kwargs, self.task.timeout, self._body_context())
+            # The task context is bound for the whole run (see _run_once).
+            value = run_with_timeout(self.task.run, kwargs, self.task.timeout)
         except signals.TaskTimeoutSignal as exc:
             return TimedOut("Task timed out during execution.", result=exc)
         except signals.LOOP as exc:
@@ -470,10 +474,6 @@ class TaskRunner:
                 raise
             return Failed(f"Error during execution of task: {exc!r}", result=exc)
         return Success(message="Task run succeeded.", result=self._store(value, inputs))
-
-    def _body_context(self) -> dict[str, Any]:
-        hidden = {"caches", "constants", "raise_on_exception"}
-        return {k: v for k, v in self.context.items() if k not in hidden}
 
     def _store(self, value: Any, inputs: Mapping[str, Result]) -> Result:
         """Checkpoint the value when allowed; otherwise keep it in memory."""

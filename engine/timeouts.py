@@ -15,27 +15,25 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.context import bound
 from engine.signals import TaskTimeoutSignal
 
 
 def run_with_timeout(
-    fn: Callable[..., Any],
-    kwargs: Mapping[str, Any],
-    timeout: float | None,
-    context_values: Mapping[str, Any],
+    fn: Callable[..., Any], kwargs: Mapping[str, Any], timeout: float | None
 ) -> Any:
-    """Call `fn(**kwargs)` with the task context bound; raise TaskTimeoutSignal on expiry."""
+    """Call `fn(**kwargs)`; raise TaskTimeoutSignal once `timeout` seconds have passed.
+
+    The caller's context variables (the task context among them) are copied into
+    the body's thread, so the body sees what it would see inline.
+    """
     if timeout is None:
-        with bound(context_values):
-            return fn(**kwargs)
+        return fn(**kwargs)
     outcome: dict[str, Any] = {}
     finished = threading.Event()
 
     def body() -> None:
         try:
-            with bound(context_values):
-                outcome["value"] = fn(**kwargs)
+            outcome["value"] = fn(**kwargs)
         except BaseException as exc:  # signals are BaseExceptions and must cross the thread
             outcome["error"] = exc
         finally:
@@ -45,7 +43,7 @@ def run_with_timeout(
         target=contextvars.copy_context().run,
         args=(body,),
         daemon=True,
-        name=f"runledger-body-{context_values.get('task_full_name', 'task')}",
+        name=f"runledger-body-{getattr(fn, '__qualname__', 'task')}",
     )
     worker.start()
     if not finished.wait(timeout):

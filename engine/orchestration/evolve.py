@@ -63,19 +63,18 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
             f"event {event.event_id} belongs to flow run {event.flow_run_id}, "
             f"not {view.flow_run_id}"
         )
-    changes: Changes = {}
     # Only ever forward: a late redelivery of an old event must change nothing.
     if view.last_event_at is None or event.occurred_at > view.last_event_at:
-        changes["last_event_at"] = event.occurred_at
+        _set(view, "last_event_at", event.occurred_at)
     command_id = event.cause.command_id
     if command_id is not None and command_id not in view.processed_commands:
-        changes["processed_commands"] = view.processed_commands.set(command_id, None)
+        _set(view, "processed_commands", view.processed_commands.set(command_id, None))
     apply = _APPLY.get(type(event))
-    if apply is not None:
+    if apply is not None:  # rejections and dead letters change no state, only the command log
+        changes: Changes = {}
         apply(view, event, changes)
-    # rejections and dead letters change no state, only the command log
-    for name, value in changes.items():
-        _set(view, name, value)
+        for name, value in changes.items():
+            _set(view, name, value)
 
 
 def fold(
