@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +68,7 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
     futures = []
     for p in range(4):
         batch = producer.create_batch()
-        for i in range(n // 4):
+        for _ in range(n // 4):
             if batch.append(key=None, value=value, timestamp=None) is None:
                 futures.append(await producer.send_batch(batch, topic, partition=p))
                 batch = producer.create_batch()
@@ -184,7 +184,8 @@ class Subscriber:
                     if isinstance(event, FlowRunTransitioned) and event.state["type"] in (
                         "Success", "Failed", "Cancelled",
                     ):
-                        self.finished[event.flow_run_id] = (time.perf_counter(), event.state["type"])
+                        seen = (time.perf_counter(), event.state["type"])
+                        self.finished[event.flow_run_id] = seen
                         waiter = self.waiters.get(event.flow_run_id)
                         if waiter is not None:
                             waiter.set()
@@ -201,15 +202,15 @@ class Subscriber:
         await self.consumer.stop()
 
 
-def run_request(path: str, parameters: dict[str, object]) -> RunRequested:
+def run_request(path: str, parameters: Mapping[str, object]) -> RunRequested:
     return RunRequested(
         event_id=str(uuid.uuid4()), flow_run_id=str(uuid.uuid4()),
         occurred_at=datetime.now(UTC), flow_ref=FlowRef(kind="import", path=path),
-        parameters=parameters,
+        parameters=dict(parameters),
     )
 
 
-async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[str, float]:
+async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[str, object]:
     producer = AIOKafkaProducer(bootstrap_servers=settings.brokers, linger_ms=0)
     await producer.start()
     subscriber = Subscriber(settings)
@@ -244,7 +245,7 @@ async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[s
     await producer.stop()
     return {
         "map_inputs": inputs,
-        "map_state": state,  # type: ignore[dict-item]
+        "map_state": state,
         "map_seconds": elapsed,
         "map_task_runs_s": task_runs / elapsed,
         "single_runs": runs,
@@ -276,9 +277,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"services ({args.workers} worker process(es) x {args.concurrency} threads, "
                 f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
             )
-            for key, value in figures.items():
-                shown = f"{value:>12,.1f}" if isinstance(value, float) else f"{value!s:>12}"
-                print(f"  {key:<24} {shown}")
+            for name, figure in figures.items():
+                shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
+                print(f"  {name:<24} {shown}")
 
 
 def main() -> None:

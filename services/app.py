@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 import faust
@@ -67,7 +67,7 @@ RoleMain = Callable[[asyncio.Event], Awaitable[None]]
 # for the broker tests)
 
 
-class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's consumer thread with `fetch_max_wait_ms` instead of its hard-coded 1500 ms."""
 
     def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> aiokafka.AIOKafkaConsumer:
@@ -80,16 +80,16 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: 
         return consumer
 
 
-class LowLatencyConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class LowLatencyConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> LowLatencyConsumerThread:
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class LowLatencyTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+class LowLatencyTransport(faust_aiokafka.Transport):
     Consumer = LowLatencyConsumer
 
 
-class RunLedgerFaustApp(faust.App):  # type: ignore[misc]
+class RunLedgerFaustApp(faust.App):
     """A faust App whose consumer (if any) waits `fetch_max_wait_ms`, not 1500 ms."""
 
     def __init__(self, id: str, *, fetch_max_wait_ms: int = 10, **options: Any) -> None:
@@ -134,7 +134,7 @@ class RoleFailed(RuntimeError):
     """A role's loop ended with an error; the process should exit non-zero."""
 
 
-class RoleService(mode.Service):  # type: ignore[misc]
+class RoleService(mode.Service):
     """Runs one role's `main(stop)` as a task for as long as the App runs."""
 
     def __init__(self, name: str, main: RoleMain, on_exit: Callable[[], None], **kw: Any) -> None:
@@ -196,7 +196,9 @@ class RunLedgerApp(RunLedgerFaustApp):
     def add_role(self, name: str, main: RoleMain) -> None:
         service = RoleService(name, main, self.exited.set, loop=self.loop, beacon=self.beacon)
         self.role_services.append(service)
-        self.service(service)
+        # App.service is typed for classes; faust also takes a ready instance
+        # (App._prepare_subservice), which is what a role with its settings needs.
+        self.service(cast(Any, service))
 
     def failures(self) -> list[tuple[str, BaseException]]:
         return [(s.role, s.error) for s in self.role_services if s.error is not None]

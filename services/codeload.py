@@ -75,8 +75,7 @@ def _key_digest(settings: Settings) -> str:
 def load_flow(flow_ref: FlowRef, settings: Settings) -> Flow:
     """The Flow `flow_ref` names, loaded as the settings allow; `FlowLoadError` otherwise."""
     cache_key = (flow_ref, tuple(settings.flow_allowlist), _key_digest(settings))
-    with _lock:
-        cached = _cache.get(cache_key)
+    cached = _cache.get(cache_key)  # a dict read is atomic: no lock on the hot path
     if cached is not None:
         return cached
     if flow_ref.kind == "import":
@@ -173,7 +172,8 @@ def _read_bytes(location: str) -> bytes:
 
 
 def _load_pickled(flow_ref: FlowRef, settings: Settings) -> Flow:
-    assert flow_ref.location is not None and flow_ref.signature is not None
+    assert flow_ref.location is not None
+    assert flow_ref.signature is not None
     key = _signing_key(settings, f"pickled flow at {flow_ref.location}")
     data = _read_bytes(flow_ref.location)
     expected = sign(data, key)

@@ -24,12 +24,10 @@ between producing and committing only replays work already on the ledger.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -48,7 +46,6 @@ from events import (
     FlowPlan,
     FlowRef,
     RunRequested,
-    SchedulerTicked,
     TransitionRejected,
     WorkDispatched,
     decode,
@@ -59,13 +56,14 @@ from services.codeload import FlowLoadError, load_flow
 from services.kafka import dead_letter_for, make_consumer, make_producer, read_partitions_to_end
 from services.roles import (
     HEADER_COMMAND,
-    CommitPipeline,
     HEADER_PARTITION,
+    CommitPipeline,
     Outgoing,
     role_identity,
     send_records,
     spread,
 )
+from services.scheduler import Timers, lost_attempts, tick
 from services.settings import Settings
 
 __all__ = ["Ledger", "LedgerStats", "fold_records"]
@@ -150,7 +148,8 @@ class Ledger:
         self.ready = asyncio.Event()
         """Set once the first assignment has been folded (tests wait for it)."""
         self.stats = LedgerStats()
-        self._due: dict[str, datetime] = {}
+        self._timers = Timers()
+        self._last_lost_check = self.clock()
         self._plans: dict[FlowRef, FlowPlan] = {}
         self._lock = asyncio.Lock()
         self._pipeline: CommitPipeline
@@ -218,10 +217,7 @@ class Ledger:
                     consumer.seek(tp, committed)
 
     def _poll_ms(self) -> int:
-        if not self._due:
-            return _IDLE_POLL_MS
-        wait = (min(self._due.values()) - self.clock()).total_seconds()
-        return max(0, min(_IDLE_POLL_MS, int(wait * 1000) + 1))
+        return self._timers.wait_ms(self.clock(), _IDLE_POLL_MS)
 
     # ----- partitions ----------------------------------------------------------------
 
@@ -236,13 +232,15 @@ class Ledger:
             await self._rebuild(partitions)
             self.owned = frozenset(partitions)
             self.ready.set()
-            log.info("ledger owns partitions %s (%d flow runs)", sorted(partitions), len(self.views))
+            log.info(
+                "ledger owns partitions %s (%d flow runs)", sorted(partitions), len(self.views)
+            )
 
     def _forget(self, partitions: set[int]) -> None:
         for flow_run_id in [f for f, p in self.home.items() if p in partitions]:
             self.views.pop(flow_run_id, None)
             self.home.pop(flow_run_id, None)
-            self._due.pop(flow_run_id, None)
+            self._timers.forget(flow_run_id)
 
     async def _rebuild(self, partitions: set[int]) -> None:
         """Fold the ledger partitions from offset 0: the views of `partitions`, from the log."""
@@ -259,7 +257,7 @@ class Ledger:
                 self.home[key] = record.partition
         self.views.update(folded)
         for flow_run_id in folded:
-            self._refresh_due(flow_run_id)
+            self._timers.refresh(self.views.get(flow_run_id), flow_run_id)
         self.stats.rebuilds += 1
         self.stats.rebuilt_events += len(records)
         self.stats.rebuild_s += (self.clock() - started).total_seconds()
@@ -364,7 +362,7 @@ class Ledger:
             )
         self._pipeline.push(futures, offsets or {})
         for flow_run_id in out.touched:
-            self._refresh_due(flow_run_id)
+            self._timers.refresh(self.views.get(flow_run_id), flow_run_id)
 
     def _dead_letter(
         self,
@@ -423,47 +421,32 @@ class Ledger:
 
     # ----- the scheduler -------------------------------------------------------------
 
-    def _refresh_due(self, flow_run_id: str) -> None:
-        view = self.views.get(flow_run_id)
-        if view is None or not view.scheduled or view.flow_state_type != "Running":
-            self._due.pop(flow_run_id, None)
-        else:
-            self._due[flow_run_id] = min(datetime.fromisoformat(s) for s in view.scheduled.values())
-
     async def _tick(self, producer: AIOKafkaProducer) -> None:
-        """SchedulerTicked for every flow run with a start time that has come."""
+        """SchedulerTicked for every flow run with a start time that has come, and,
+        every heartbeat interval, for runs with an attempt whose worker went silent
+        (the core fails such an attempt, and retries it if it may)."""
         now = self.clock()
-        due = [f for f, at in self._due.items() if at <= now]
+        due = set(self._timers.due(now))
+        timeout = None
+        if (now - self._last_lost_check).total_seconds() >= self.settings.heartbeat_interval_s:
+            self._last_lost_check = now
+            timeout = self.settings.heartbeat_timeout_s
+            due.update(
+                flow_run_id
+                for flow_run_id, view in self.views.items()
+                if view.running and lost_attempts(view, now, timeout)
+            )
         if not due:
             return
         out = _Batch()
         for flow_run_id in due:
-            view = self.views[flow_run_id]
-            command = SchedulerTicked(
-                event_id=self._tick_id(view, now),
-                flow_run_id=flow_run_id,
-                occurred_at=now,
-                cause=Cause(worker=self.identity),
-            )
-            view, facts = decide_and_evolve(view, command, now)
+            command = tick(self.views[flow_run_id], now, self.identity, timeout)
+            view, facts = decide_and_evolve(self.views[flow_run_id], command, now)
             self.stats.ticks += 1
             if facts:
                 self._record(view, facts, command.event_id, self.home[flow_run_id], out)
             else:
                 # Nothing could start (e.g. the flow is being cancelled): stop asking
                 # until a command changes this run again.
-                self._due.pop(flow_run_id, None)
+                self._timers.forget(flow_run_id)
         await self._send(producer, out)
-
-    @staticmethod
-    def _tick_id(view: FlowRunView, now: datetime) -> str:
-        # Derived from what is due (run ids and their seq), not from a counter: the
-        # same tick after a restart has the same id (and is ignored if already
-        # applied), and a later tick for new start times gets a new one.
-        due = sorted(
-            f"{run_id}@{view.task_runs[run_id].seq}"
-            for run_id, start in view.scheduled.items()
-            if datetime.fromisoformat(start) <= now and run_id in view.task_runs
-        )
-        digest = hashlib.sha256("\n".join(due).encode()).hexdigest()[:24]
-        return f"{view.flow_run_id}/tick/{digest}"

@@ -27,8 +27,8 @@ from events import WorkerIdentity
 
 __all__ = [
     "HEADER_COMMAND",
-    "CommitPipeline",
     "HEADER_PARTITION",
+    "CommitPipeline",
     "Outgoing",
     "header",
     "partition_of",
@@ -58,7 +58,7 @@ def role_identity(role: str, name: str | None = None) -> WorkerIdentity:
 
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as Java and aiokafka) picks."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def spread(key: bytes, partitions: int) -> int:

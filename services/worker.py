@@ -24,26 +24,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import sys
 import threading
 import uuid
-from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from engine.clock import Clock, SystemClock
 from engine.flow import Flow
-from engine.result_store import FSResultStore
-from engine.results import FSResult, NoResult, Result
 from engine.state import Cached, Failed, State
 from engine.worker_core import execute_work
 from events import (
@@ -52,10 +49,8 @@ from events import (
     Event,
     EventDecodeError,
     HeartbeatSent,
-    MalformedEvent,
     TaskRunTransitioned,
     TransitionProposed,
-    WorkDispatched,
     WorkItem,
     decode,
     encode,
@@ -69,11 +64,11 @@ from services.roles import (
     header,
     partition_of,
     role_identity,
-    send_records,
 )
 from services.settings import Settings
+from services.work import Ack, OrderedOffsets, Outbox, Pending, ServiceResultStore, decode_work
 
-__all__ = ["ServiceResultStore", "Worker", "WorkerStats", "decode_work"]
+__all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -82,43 +77,6 @@ _CLAIM_POLL_S = 0.2
 _SWITCH_INTERVAL_S = 0.0005
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
-
-
-class ServiceResultStore(FSResultStore):
-    """`FSResultStore` that never hands out a reference to an unwritten location.
-
-    A task's FSResult/LocalResult keeps its (target) location even when the value
-    was not written -- checkpointing off, or a `None` value -- and the core's
-    `FSResultStore.persist` takes any FSResult with a location as stored (the
-    in-memory store of the local runner keeps the value beside it instead). A
-    downstream task on another worker would then read a file that does not
-    exist. Such a value is written content-addressed under the store instead;
-    a result that was written carries its hash and is passed on as it is.
-    """
-
-    def persist(self, result: Result, key: str) -> dict[str, Any]:
-        if (
-            result is not NoResult
-            and isinstance(result, FSResult)
-            and result.location is not None
-            and result.hash is None
-        ):
-            result = Result(value=result.value)
-        return super().persist(result, key)
-
-
-def decode_work(value: bytes | None) -> WorkItem:
-    """The WorkItem of a work record: a `work_dispatched` fact, or a bare WorkItem object."""
-    try:
-        event = decode(value or b"")
-    except MalformedEvent as exc:
-        try:  # docs/events.md also allows a bare WorkItem
-            return WorkItem.model_validate_json(value or b"")
-        except ValidationError:
-            raise exc from None
-    if not isinstance(event, WorkDispatched):
-        raise MalformedEvent(f"a work record must be a work_dispatched fact, got {event.type!r}")
-    return event.work
 
 
 @dataclass
@@ -135,18 +93,12 @@ class WorkerStats:
 
 
 @dataclass(eq=False)
-class _Offset:
-    offset: int
-    done: bool = False
-
-
-@dataclass(eq=False)
 class _Job:
     record: ConsumerRecord[bytes, bytes]
     partition: int
     """Commands partition of the flow run: where its proposals go."""
-    offset: _Offset
-    sends: list[asyncio.Future[BaseException | None]] = field(default_factory=list)
+    offset: Pending
+    sends: list[Ack] = field(default_factory=list)
     work: WorkItem | None = None
 
 
@@ -155,15 +107,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker, self.consumer = worker, consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.worker._commit(self.consumer)
-        for tp in revoked:
-            # Work still running for these partitions finishes, but its offsets are
-            # the next owner's to commit: it re-reads them and its claims are refused.
-            self.worker._offsets.pop(tp, None)
+        await self.worker._offsets.commit(self.consumer)
+        # Work still running for these partitions finishes, but its offsets are the
+        # next owner's to commit: it re-reads them, and its claims are refused.
+        self.worker._offsets.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        for tp in assigned:
-            self.worker._offsets.setdefault(tp, deque())
+        self.worker._offsets.assign(assigned)
         self.worker.assigned = frozenset(tp.partition for tp in assigned)
         log.info(
             "worker %s assigned work partitions %s",
@@ -196,15 +146,16 @@ class Worker:
         self._topics = settings.topic_names()
         self._claims: dict[str, concurrent.futures.Future[list[Event]]] = {}
         self._running: dict[str, tuple[WorkItem, int]] = {}
-        self._outbox: list[tuple[Outgoing, asyncio.Future[BaseException | None] | None]] = []
-        self._outbox_ready = asyncio.Event()
-        self._offsets: dict[TopicPartition, deque[_Offset]] = {}
+        self._outbox = Outbox()
+        self._offsets = OrderedOffsets()
         self._in_flight = 0
         self._slot_free = asyncio.Event()
         self._give_up_claims = threading.Event()
         self._cache_lock = threading.Lock()
         self._partitions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._id_prefix = f"{self.identity.id}:{uuid.uuid4().hex[:12]}:"
+        self._ids = itertools.count(1)
 
     # ----- the loop ------------------------------------------------------------------
 
@@ -229,7 +180,7 @@ class Worker:
             await self._position_tail(tail)  # before any claim can be sent
             helpers = [
                 asyncio.create_task(self._tail_loop(tail), name="worker-ledger-tail"),
-                asyncio.create_task(self._send_loop(producer), name="worker-sender"),
+                asyncio.create_task(self._outbox.run(producer), name="worker-sender"),
                 asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeats"),
             ]
             await consumer.start()
@@ -239,7 +190,7 @@ class Worker:
             pool.shutdown(wait=False, cancel_futures=True)  # queued work is re-delivered
             await self._drain()
             with contextlib.suppress(KafkaError):
-                await self._commit(consumer)
+                await self._offsets.commit(consumer)
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -268,10 +219,10 @@ class Worker:
             else:
                 batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=free)
                 for tp, records in batch.items():
-                    if tp in self._offsets:
+                    if self._offsets.owns(tp):
                         for record in records:
                             self._start(tp, record, pool)
-            await self._commit(consumer)
+            await self._offsets.commit(consumer)
 
     async def _drain(self) -> None:
         """Wait (bounded) for started jobs; then pending claims give up (ClientFailed)."""
@@ -289,8 +240,7 @@ class Worker:
     ) -> None:
         assert self._loop is not None
         self.stats.received += 1
-        entry = _Offset(record.offset)
-        self._offsets[tp].append(entry)
+        entry = self._offsets.track(tp, record.offset)
         home = header(record.headers, HEADER_PARTITION)
         if home is not None and home.isdigit():
             partition = int(home)
@@ -320,19 +270,10 @@ class Worker:
             self._in_flight -= 1
             self._slot_free.set()
 
-    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for tp, entries in self._offsets.items():
-            last = None
-            while entries and entries[0].done:
-                last = entries.popleft().offset
-            if last is not None:
-                offsets[tp] = last + 1
-        if offsets:
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as exc:  # rebalanced meanwhile: the next owner re-delivers
-                log.warning("work commit failed: %r", exc)
+    @property
+    def committed(self) -> dict[int, int]:
+        """Last offset committed per work partition (where the group would resume)."""
+        return self._offsets.committed
 
     # ----- in a task thread ----------------------------------------------------------
 
@@ -409,7 +350,10 @@ class Worker:
         self._loop.call_soon_threadsafe(self._enqueue, job, record)
 
     def _next_id(self) -> str:
-        return f"{self.identity.id}:{uuid.uuid4().hex}"
+        # A random token per process (a restarted worker may reuse its name) and a
+        # counter: uuid4 per command read os.urandom, a GIL-releasing syscall that
+        # cost ~1 ms under contention from the task threads (measured).
+        return f"{self._id_prefix}{next(self._ids)}"
 
     def _unloadable(self, job: _Job, work: WorkItem, reason: str) -> None:
         ref = work.flow_ref.path or work.flow_ref.location
@@ -454,28 +398,9 @@ class Worker:
     # ----- on the event loop ---------------------------------------------------------
 
     def _enqueue(self, job: _Job | None, record: Outgoing) -> None:
-        assert self._loop is not None
-        ack: asyncio.Future[BaseException | None] | None = None
-        if job is not None:
-            ack = self._loop.create_future()
+        ack = self._outbox.put(record, tracked=job is not None)
+        if job is not None and ack is not None:
             job.sends.append(ack)
-        self._outbox.append((record, ack))
-        self._outbox_ready.set()
-
-    async def _send_loop(self, producer: AIOKafkaProducer) -> None:
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            items, self._outbox = self._outbox, []
-            acks = [ack for _, ack in items if ack is not None]
-            try:
-                futures = await send_records(producer, [record for record, _ in items])
-            except Exception as exc:
-                log.exception("could not queue %d records", len(items))
-                _settle(acks, exc)
-                continue
-            done = asyncio.gather(*futures)
-            done.add_done_callback(partial(_settle_from, acks))
 
     async def _position_tail(self, tail: AIOKafkaConsumer) -> None:
         topic = self._topics["ledger"]
@@ -525,21 +450,6 @@ class Worker:
                 self._enqueue(
                     None, Outgoing(commands, partition, work.flow_run_id.encode(), encode(beat))
                 )
-
-
-def _settle(acks: list[asyncio.Future[BaseException | None]], error: BaseException | None) -> None:
-    # Errors are results, not exceptions: a heartbeat's ack has no reader, and an
-    # unread future exception would only be logged as "never retrieved".
-    for ack in acks:
-        if not ack.done():
-            ack.set_result(error)
-
-
-def _settle_from(
-    acks: list[asyncio.Future[BaseException | None]], done: asyncio.Future[Any]
-) -> None:
-    error = None if done.cancelled() else done.exception()
-    _settle(acks, error)
 
 
 def _unexpired(state: State, now: Any) -> bool:

@@ -130,7 +130,8 @@ class RolesThread:
 
     @property
     def ledger_views(self) -> dict[str, FlowRunView]:
-        assert self.app is not None and self.app.ledger is not None
+        assert self.app is not None
+        assert self.app.ledger is not None
         return self.app.ledger.views
 
     def wait_view(
@@ -225,7 +226,9 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 60) -> int
         raise
 
 
-def wait_for_log(log_path: Path, text: str, timeout_s: float, process: subprocess.Popen[bytes]) -> str:
+def wait_for_log(
+    log_path: Path, text: str, timeout_s: float, process: subprocess.Popen[bytes]
+) -> str:
     """Wait until `text` appears in a role's log (or fail with the log's tail)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -234,5 +237,6 @@ def wait_for_log(log_path: Path, text: str, timeout_s: float, process: subproces
             return content
         if process.poll() is not None or time.monotonic() > deadline:
             tail = "\n".join(content.splitlines()[-30:])
-            raise AssertionError(f"{text!r} not in {log_path.name} (exit {process.poll()}):\n{tail}")
+            status = process.poll()
+            raise AssertionError(f"{text!r} not in {log_path.name} (exit {status}):\n{tail}")
         time.sleep(0.05)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,10 @@ def roles(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield running
 
 
+def _moved_on(task_run_id: str, seq: int) -> Callable[[FlowRunView], bool]:
+    return lambda view: view.task_runs[task_run_id].seq > seq
+
+
 def _approve_pauses(
     roles: RolesThread, view: FlowRunView, flow: Flow, on_paused: Any, store: FSResultStore
 ) -> bool:
@@ -98,12 +102,7 @@ def _approve_pauses(
                     cause=Cause(),
                 )
             )
-            seq = record.seq
-            roles.wait_view(
-                view.flow_run_id,
-                lambda v, rid=record.task_run_id, s=seq: v.task_runs[rid].seq > s,
-                RUN_TIMEOUT_S,
-            )
+            roles.wait_view(view.flow_run_id, _moved_on(record.task_run_id, record.seq))
             resumed = True
     return resumed
 
@@ -173,7 +172,8 @@ def test_scenario_through_the_services_reproduces_the_golden_recording(
 
 def test_no_claim_was_refused_and_nothing_was_dead_lettered(roles: RolesThread) -> None:
     """Over all scenarios: every dispatched attempt was claimed once, every record was good."""
-    assert roles.app is not None and roles.app.worker is not None
+    assert roles.app is not None
+    assert roles.app.worker is not None
     assert roles.app.worker.stats.claims_refused == 0
     assert roles.records("deadletter") == []
 

@@ -106,7 +106,8 @@ def test_a_flow_signed_and_stored_by_a_client_loads_with_the_same_key(tmp_path: 
     settings = _settings(tmp_path, signing_key="s3cret")
     ref = sign_and_store_flow(_flow(), settings)
     assert ref.kind == "pickled"
-    assert ref.location is not None and ref.location.startswith(settings.result_store_url)
+    assert ref.location is not None
+    assert ref.location.startswith(settings.result_store_url)
     loaded = load_flow(ref, settings)
     assert isinstance(loaded, Flow)
     assert loaded.name == "pickled"

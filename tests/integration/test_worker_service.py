@@ -1,0 +1,203 @@
+"""The worker role on the real broker: unloadable flows, redelivery, heartbeats, commits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.orchestration import FlowRunView
+from engine.planning import plan_of
+from engine.result_store import FSResultStore
+from engine.results import Result
+from engine.state import Running
+from events import (
+    DeadLettered,
+    HeartbeatRecorded,
+    TaskRunTransitioned,
+    TransitionProposed,
+    WorkDispatched,
+    decode,
+)
+from services.settings import Settings
+from tests.integration.flows import simple
+from tests.integration.roles_support import RolesThread, run_request
+
+pytestmark = pytest.mark.integration
+
+HEARTBEAT_S = 0.2
+
+
+@pytest.fixture(scope="module")
+def roles(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolesThread]:
+    unique = uuid.uuid4().hex[:10]
+    settings = Settings(
+        brokers=kafka_bootstrap,
+        topic_prefix=f"w{unique}.",
+        app_id=f"worker-{unique}",
+        data_dir=tmp_path_factory.mktemp("worker") / "data",
+        session_timeout_ms=3000,
+        fetch_max_wait_ms=5,
+        heartbeat_interval_s=HEARTBEAT_S,
+        heartbeat_timeout_s=5 * HEARTBEAT_S,
+    )
+    with RolesThread(settings, {"ledger", "worker"}) as running:
+        yield running
+
+
+def _transitions(roles: RolesThread, flow_run_id: str, slug_prefix: str) -> list[str]:
+    return [
+        e.state["type"]
+        for e in roles.events_of(flow_run_id)
+        if isinstance(e, TaskRunTransitioned) and (e.task_slug or "").startswith(slug_prefix)
+    ]
+
+
+def test_a_flow_the_worker_cannot_load_fails_its_task_run_without_running_it(
+    roles: RolesThread,
+) -> None:
+    """A planned run whose code is gone: Failed with the reason, a dead letter, no claim."""
+    store = FSResultStore(roles.settings.result_store_url)
+
+    def persist(value: Any, slug: str) -> dict[str, Any]:
+        return store.persist(Result(value=value), slug)
+
+    request = run_request("tests.integration.flows.vanished:flow").model_copy(
+        update={"plan": plan_of(simple.single, persist)}  # the client planned it itself
+    )
+    roles.send(request)
+    view = roles.wait_view(request.flow_run_id)
+    assert view.flow_state_type == "Failed"
+    assert roles.fold_of(request.flow_run_id) == view
+    (record,) = view.task_runs.values()
+    assert record.state_type == "Failed"
+    assert record.state["message"].startswith(
+        "Could not load flow tests.integration.flows.vanished:flow: cannot import module"
+    )
+    assert "Running" not in _transitions(roles, request.flow_run_id, "one")
+    letters = [decode(r.value or b"") for r in roles.records("deadletter")]
+    mine = [
+        d for d in letters if isinstance(d, DeadLettered) and d.flow_run_id == request.flow_run_id
+    ]
+    assert len(mine) == 1
+    assert mine[0].source_topic == roles.settings.topic("work")
+    assert "cannot load flow" in mine[0].reason
+
+
+def test_a_redelivered_work_item_is_refused_and_its_body_does_not_run_again(
+    roles: RolesThread, tmp_path: Path
+) -> None:
+    """Re-sending a finished run's work record: the claim is refused, the body runs once."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    request = run_request("tests.integration.flows.mapping:flow", {"n": 3, "out_dir": str(out)})
+    roles.send(request)
+    assert roles.wait_view(request.flow_run_id).flow_state_type == "Success"
+    assert roles.app is not None
+    assert roles.app.worker is not None
+    refused_before = roles.app.worker.stats.claims_refused
+    work = [
+        r
+        for r in roles.records("work")
+        if (r.key or b"").startswith(request.flow_run_id.encode())
+        and isinstance(decode(r.value or b""), WorkDispatched)
+    ]
+    child = next(r for r in work if (r.key or b"").endswith(b"/1"))
+    roles.send_raw("work", child.value or b"", child.key)
+    roles.send_raw("work", child.value or b"", child.key)
+    deadline_view = roles.wait_view(
+        request.flow_run_id,
+        lambda v: roles.app.worker.stats.claims_refused >= refused_before + 2,  # type: ignore[union-attr]
+    )
+    assert deadline_view.flow_state_type == "Success"
+    assert sorted(p.name for p in out.iterdir()) == ["0.runs", "1.runs", "2.runs"]
+    assert all(len(p.read_text().splitlines()) == 1 for p in out.iterdir())
+    # The refusals are on the record, and change no task run.
+    assert roles.fold_of(request.flow_run_id) == roles.ledger_views[request.flow_run_id]
+
+
+def test_heartbeats_are_recorded_while_a_body_runs(roles: RolesThread, tmp_path: Path) -> None:
+    """Every heartbeat_interval_s a running attempt's worker sends one; the ledger records it."""
+    release = tmp_path / "release"
+    request = run_request("tests.integration.flows.simple:blocking", {"path": str(release)})
+    roles.send(request)
+
+    def beats(view: FlowRunView) -> int:
+        return sum(
+            isinstance(e, HeartbeatRecorded) for e in roles.events_of(view.flow_run_id)
+        )
+
+    view = roles.wait_view(request.flow_run_id, lambda v: v.created and beats(v) >= 3, 10)
+    running = [r for r in view.task_runs.values() if r.state_type == "Running"]
+    assert len(running) == 1
+    assert running[0].last_heartbeat is not None
+    release.touch()
+    assert roles.wait_view(request.flow_run_id).flow_state_type == "Success"
+
+
+def test_work_offsets_are_committed_once_every_outcome_is_on_the_broker(
+    roles: RolesThread,
+) -> None:
+    """After runs finish, the workers' group has committed every work record."""
+    request = run_request("tests.integration.flows.simple:single")
+    roles.send(request)
+    roles.wait_view(request.flow_run_id)
+    assert roles.app is not None
+    assert roles.app.worker is not None
+    worker = roles.app.worker
+
+    def uncommitted() -> int:
+        ends: dict[int, int] = {}
+        for record in roles.records("work"):
+            ends[record.partition] = record.offset + 1
+        return sum(end - worker.committed.get(p, 0) for p, end in ends.items())
+
+    deadline = time.monotonic() + 10
+    while (remaining := uncommitted()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert remaining == 0
+
+
+def test_an_attempt_whose_worker_goes_silent_is_failed_as_lost(
+    kafka_settings: Settings,
+) -> None:
+    """A claim with no heartbeat after heartbeat_timeout_s: the ledger's scheduler fails it.
+
+    Only a ledger runs; the test plays a worker that claims the dispatched attempt
+    and then dies without a heartbeat.
+    """
+    settings = kafka_settings.model_copy(
+        update={"heartbeat_interval_s": HEARTBEAT_S, "heartbeat_timeout_s": 5 * HEARTBEAT_S}
+    )
+    with RolesThread(settings, {"ledger"}) as ledger_only:
+        request = run_request("tests.integration.flows.simple:single")
+        ledger_only.send(request)
+        view = ledger_only.wait_view(
+            request.flow_run_id,
+            lambda v: v.created and any(r.state_type == "Submitted" for r in v.task_runs.values()),
+        )
+        (record,) = (r for r in view.task_runs.values() if r.state_type == "Submitted")
+        ledger_only.send(
+            TransitionProposed(
+                event_id=str(uuid.uuid4()),
+                flow_run_id=request.flow_run_id,
+                task_run_id=record.task_run_id,
+                task_slug=record.slug,
+                occurred_at=datetime.now(UTC),
+                expected_seq=record.seq,
+                attempt=record.attempt,
+                state=Running("Starting task run.").serialize(),
+                final=False,
+            )
+        )
+        final = ledger_only.wait_view(request.flow_run_id, timeout_s=15)
+        assert final.flow_state_type == "Failed"
+        failed = final.task_runs[record.task_run_id]
+        assert failed.state_type == "Failed"
+        assert "considered lost" in failed.state["message"]
+        assert ledger_only.fold_of(request.flow_run_id) == final
