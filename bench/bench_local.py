@@ -27,8 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import Flow, task  # noqa: E402
-from engine.flow_runner import FlowRunner  # noqa: E402
+from engine import Flow, task
+from engine.flow_runner import FlowRunner
 
 
 def inc(x: int) -> int:
@@ -135,7 +135,10 @@ PREFECT_SCRIPT = textwrap.dedent("""
 def measure_prefect(python: str, name: str, n: int, chain: bool) -> Figure | None:
     done = subprocess.run(
         [python, "-c", PREFECT_SCRIPT, str(n), "chain" if chain else "map"],
-        capture_output=True, text=True, timeout=1800, check=False,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
     )
     if done.returncode != 0:
         print(f"Prefect baseline failed: {done.stderr[-500:]}", file=sys.stderr)
@@ -157,35 +160,55 @@ def main() -> None:
 
     FlowRunner(map_flow(50)).run()  # warm-up: imports, first-call caches
     figures = [
-        measure_engine(f"local runner: map {args.n} + reduce", map_flow(args.n), args.n + 2,
-                       args.repeat),
+        measure_engine(
+            f"local runner: map {args.n} + reduce", map_flow(args.n), args.n + 2, args.repeat
+        ),
         measure_plain(f"plain calls: {args.n} + sum", args.n, False, args.repeat),
-        measure_engine(f"local runner: chain {args.chain}", chain_flow(args.chain), args.chain,
-                       args.repeat),
+        measure_engine(
+            f"local runner: chain {args.chain}", chain_flow(args.chain), args.chain, args.repeat
+        ),
         measure_plain(f"plain calls: chain {args.chain}", args.chain, True, args.repeat),
     ]
     if args.prefect_python:
-        for fig in (measure_prefect(args.prefect_python, f"Prefect 1.4.1: map {args.prefect_n}"
-                                    " + reduce", args.prefect_n, False),
-                    measure_prefect(args.prefect_python, f"Prefect 1.4.1: chain {args.chain}",
-                                    args.chain, True)):
+        for fig in (
+            measure_prefect(
+                args.prefect_python,
+                f"Prefect 1.4.1: map {args.prefect_n} + reduce",
+                args.prefect_n,
+                False,
+            ),
+            measure_prefect(
+                args.prefect_python, f"Prefect 1.4.1: chain {args.chain}", args.chain, True
+            ),
+        ):
             if fig is not None:
                 figures.append(fig)
 
-    print(f"{'benchmark':44} {'task runs':>9} {'wall s':>8} {'cpu s':>8} {'runs/s':>10}"
-          f" {'us/run':>8} {'events':>7} {'peak MiB':>9}")
+    print(
+        f"{'benchmark':44} {'task runs':>9} {'wall s':>8} {'cpu s':>8} {'runs/s':>10}"
+        f" {'us/run':>8} {'events':>7} {'peak MiB':>9}"
+    )
     for f in figures:
-        print(f"{f.name:44} {f.task_runs:9d} {f.wall_s:8.3f} {f.cpu_s:8.3f} {f.runs_per_s:10.0f}"
-              f" {f.wall_s / f.task_runs * 1e6:8.1f} {f.events:7d} {f.peak_mib:9.1f}")
+        print(
+            f"{f.name:44} {f.task_runs:9d} {f.wall_s:8.3f} {f.cpu_s:8.3f} {f.runs_per_s:10.0f}"
+            f" {f.wall_s / f.task_runs * 1e6:8.1f} {f.events:7d} {f.peak_mib:9.1f}"
+        )
     engine_map, plain_map, engine_chain, plain_chain = figures[:4]
-    print(f"\noverhead vs plain calls: map x{engine_map.wall_s / engine_map.task_runs / (plain_map.wall_s / plain_map.task_runs):.0f}"
-          f", chain x{engine_chain.wall_s / engine_chain.task_runs / (plain_chain.wall_s / plain_chain.task_runs):.0f} per task run")
+
+    def per_run(f: Figure) -> float:
+        return f.wall_s / f.task_runs
+
+    print(
+        f"\noverhead vs plain calls: map x{per_run(engine_map) / per_run(plain_map):.0f}, "
+        f"chain x{per_run(engine_chain) / per_run(plain_chain):.0f} per task run"
+    )
     for f in figures[4:]:
         base = engine_map if "map" in f.name else engine_chain
         print(f"speed-up vs {f.name}: x{base.runs_per_s / f.runs_per_s:.1f} task runs/s")
     if args.json:
-        args.json.write_text(json.dumps([asdict(f) | {"runs_per_s": f.runs_per_s}
-                                         for f in figures], indent=2))
+        args.json.write_text(
+            json.dumps([asdict(f) | {"runs_per_s": f.runs_per_s} for f in figures], indent=2)
+        )
 
 
 if __name__ == "__main__":
