@@ -40,9 +40,11 @@ class ResultStore(Protocol):
 
 
 def _already_stored(result: Result) -> bool:
+    # A storage Result that has a location but no hash was never written (its
+    # location is a template, or checkpointing was off): its value must be stored.
     return result is NoResult or (
         result.location is not None
-        and (isinstance(result, (FSResult, *_SELF_CONTAINED)) or result.hash is not None)
+        and (isinstance(result, _SELF_CONTAINED) or result.hash is not None)
     )
 
 

@@ -32,7 +32,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 from pydantic import ValidationError
 
 from engine.orchestration import FlowRunView, evolve
@@ -55,7 +54,7 @@ from events import (
     decode,
     encode,
 )
-from services.kafka import make_consumer, make_producer
+from services.kafka import make_consumer, make_producer, partition_for
 from services.settings import Settings
 from services.topics import ensure_topics
 
@@ -127,18 +126,6 @@ def parse_flow_ref(text: str) -> FlowRef:
             f"{text!r} is not a flow reference: expected 'package.module:attribute', "
             "e.g. 'examples.demo:flow'"
         ) from None
-
-
-def partition_for(flow_run_id: str, partitions: int) -> int:
-    """The partition the producers' default partitioner puts a flow run's records on.
-
-    Same murmur2 hash as the Java client and aiokafka, so the `ledger` partition
-    holding a run is known without scanning the others.
-    """
-    if partitions < 1:
-        raise ValueError("a topic has at least one partition")
-    h: int = murmur2(flow_run_id.encode()) & 0x7FFFFFFF
-    return h % partitions
 
 
 # ----- changes ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from events import DeadLettered, Event, encode
 from services.settings import Settings
@@ -41,8 +42,9 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def make_consumer(settings: Settings, *topics: str, group_id: str | None = None,
-                  **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any
+) -> AIOKafkaConsumer:
     """A consumer with manual commits and the configured (small) fetch wait.
 
     On several partitions the embedded broker answers a fetch only when the wait
@@ -64,6 +66,18 @@ def make_consumer(settings: Settings, *topics: str, group_id: str | None = None,
     return AIOKafkaConsumer(*topics, **options)
 
 
+def partition_for(flow_run_id: str, partitions: int) -> int:
+    """The partition the producers' default partitioner puts a flow run's records on.
+
+    Same murmur2 hash as the Java client and aiokafka, so the `ledger` partition
+    holding a run is known without scanning the others.
+    """
+    if partitions < 1:
+        raise ValueError("a topic has at least one partition")
+    h: int = murmur2(flow_run_id.encode()) & 0x7FFFFFFF
+    return h % partitions
+
+
 def event_key(event: Event) -> bytes:
     """Commands and ledger facts are keyed by flow run: one partition per run."""
     return event.flow_run_id.encode()
@@ -79,8 +93,9 @@ def record_text(value: bytes | None) -> str:
         return "base64:" + base64.b64encode(value).decode()
 
 
-def dead_letter_for(record: ConsumerRecord[bytes, bytes], reason: str,
-                    flow_run_id: str | None = None) -> DeadLettered:
+def dead_letter_for(
+    record: ConsumerRecord[bytes, bytes], reason: str, flow_run_id: str | None = None
+) -> DeadLettered:
     """The dead-letter fact for a rejected record: nothing is lost, the reason is kept."""
     return DeadLettered(
         event_id=str(uuid.uuid4()),
@@ -95,14 +110,15 @@ def dead_letter_for(record: ConsumerRecord[bytes, bytes], reason: str,
     )
 
 
-async def send_events(producer: AIOKafkaProducer, topic: str,
-                      events: Iterable[Event]) -> list[Any]:
+async def send_events(producer: AIOKafkaProducer, topic: str, events: Iterable[Event]) -> list[Any]:
     """Queue events for sending (keyed by flow run); await the returned futures."""
     return [await producer.send(topic, encode(e), key=event_key(e)) for e in events]
 
 
 async def read_partitions_to_end(
-    settings: Settings, partitions: Iterable[TopicPartition], batch_ms: int = 200,
+    settings: Settings,
+    partitions: Iterable[TopicPartition],
+    batch_ms: int = 200,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of the given partitions, from offset 0 to the current end.
 
@@ -120,8 +136,9 @@ async def read_partitions_to_end(
         await consumer.seek_to_beginning(*tps)
         pending = set(tps)
         while pending:
-            batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = (
-                await consumer.getmany(*pending, timeout_ms=batch_ms, max_records=10_000))
+            batch: Mapping[
+                TopicPartition, list[ConsumerRecord[bytes, bytes]]
+            ] = await consumer.getmany(*pending, timeout_ms=batch_ms, max_records=10_000)
             for recs in batch.values():
                 records.extend(recs)
             for tp in list(pending):

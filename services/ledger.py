@@ -53,7 +53,13 @@ from events import (
     encode,
 )
 from services.codeload import FlowLoadError, load_flow
-from services.kafka import dead_letter_for, make_consumer, make_producer, read_partitions_to_end
+from services.kafka import (
+    dead_letter_for,
+    make_consumer,
+    make_producer,
+    partition_for,
+    read_partitions_to_end,
+)
 from services.roles import (
     HEADER_COMMAND,
     HEADER_PARTITION,
@@ -109,7 +115,10 @@ def fold_records(
         except (EventDecodeError, ValueError) as exc:
             log.error(
                 "ledger record %s[%d]@%d does not fold: %s",
-                record.topic, record.partition, record.offset, exc,
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
             )
     return views
 
@@ -154,6 +163,7 @@ class Ledger:
         self._lock = asyncio.Lock()
         self._pipeline: CommitPipeline
         self._work_partitions = 1
+        self._command_partitions = 1
         self._topics = settings.topic_names()
 
     # ----- the loop ------------------------------------------------------------------
@@ -173,6 +183,7 @@ class Ledger:
         await producer.start()
         try:
             self._work_partitions = len(await producer.partitions_for(self._topics["work"]))
+            self._command_partitions = len(await producer.partitions_for(self._topics["commands"]))
             await consumer.start()
             consumer.subscribe([self._topics["commands"]], listener=_Rebalance(self))
             while not stop.is_set():
@@ -288,6 +299,17 @@ class Ledger:
             self._dead_letter(out, record, str(exc))
             return
         flow_run_id = command.flow_run_id
+        expected = partition_for(flow_run_id, self._command_partitions)
+        if record.partition != expected and flow_run_id not in self.home:
+            # Written with another partitioner (librdkafka defaults to CRC32): move the
+            # record, unchanged, to the partition murmur2 gives, where every other
+            # command of the run (workers, the Python client) will go.
+            out.records.append(
+                Outgoing(
+                    record.topic, expected, record.key, record.value or b"", list(record.headers)
+                )
+            )
+            return
         home = self.home.get(flow_run_id)
         if home is not None and home != record.partition:
             self._dead_letter(

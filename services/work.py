@@ -2,7 +2,6 @@
 
 * `decode_work`: the WorkItem of a `work` record (a `work_dispatched` fact as the
   ledger writes it, or a bare WorkItem object as docs/events.md allows).
-* `ServiceResultStore`: the result store of the services (see its docstring).
 * `Outbox`: records handed over by task threads (through the event loop) and sent
   in batches; each tracked record gets an ack future that resolves to None or to
   the send error once the broker answered.
@@ -22,39 +21,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from engine.result_store import FSResultStore
-from engine.results import FSResult, NoResult, Result
 from events import MalformedEvent, WorkDispatched, WorkItem, decode
 from services.roles import Outgoing, send_records
 
-__all__ = ["Ack", "OrderedOffsets", "Outbox", "Pending", "ServiceResultStore", "decode_work"]
+__all__ = ["Ack", "OrderedOffsets", "Outbox", "Pending", "decode_work"]
 
 log = logging.getLogger(__name__)
 
 Ack = asyncio.Future[BaseException | None]
-
-
-class ServiceResultStore(FSResultStore):
-    """`FSResultStore` that never hands out a reference to an unwritten location.
-
-    A task's FSResult/LocalResult keeps its (target) location even when the value
-    was not written -- checkpointing off, or a `None` value -- and the core's
-    `FSResultStore.persist` takes any FSResult with a location as stored (the
-    in-memory store of the local runner keeps the value beside it instead). A
-    downstream task on another worker would then read a file that does not
-    exist. Such a value is written content-addressed under the store instead;
-    a result that was written carries its hash and is passed on as it is.
-    """
-
-    def persist(self, result: Result, key: str) -> dict[str, Any]:
-        if (
-            result is not NoResult
-            and isinstance(result, FSResult)
-            and result.location is not None
-            and result.hash is None
-        ):
-            result = Result(value=result.value)
-        return super().persist(result, key)
 
 
 def decode_work(value: bytes | None) -> WorkItem:

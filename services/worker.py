@@ -41,6 +41,7 @@ from aiokafka.errors import KafkaError
 
 from engine.clock import Clock, SystemClock
 from engine.flow import Flow
+from engine.result_store import FSResultStore
 from engine.state import Cached, Failed, State
 from engine.worker_core import execute_work
 from events import (
@@ -66,7 +67,7 @@ from services.roles import (
     role_identity,
 )
 from services.settings import Settings
-from services.work import Ack, OrderedOffsets, Outbox, Pending, ServiceResultStore, decode_work
+from services.work import Ack, OrderedOffsets, Outbox, Pending, decode_work
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -137,7 +138,7 @@ class Worker:
         self.clock: Clock = clock or SystemClock()
         self.identity = role_identity("worker", name)
         self.concurrency = concurrency or settings.worker_concurrency
-        self.store = ServiceResultStore(settings.result_store_url)
+        self.store = FSResultStore(settings.result_store_url)
         self.caches: dict[str, list[State]] = {}
         """cache_for results of this process (Prefect 1 keeps them per process too)."""
         self.stats = WorkerStats()

@@ -176,6 +176,39 @@ async def test_a_plain_json_run_request_is_accepted_like_the_clients(
     assert await client.result(run_id, "load-1") == await client.result(ours, "load-1")
 
 
+async def test_a_run_request_on_another_partition_is_moved_and_then_runs(
+    client: Client, kafka_settings: Settings
+) -> None:
+    """A producer with another partitioner (librdkafka's CRC32) still gets its run, cancellable."""
+    run_id = str(uuid.uuid4())
+    murmur = partition_for(run_id, kafka_settings.partitions)
+    elsewhere = (murmur + 1) % kafka_settings.partitions
+    raw = {
+        "event_id": str(uuid.uuid4()),
+        "type": "run_requested",
+        "schema_version": 1,
+        "flow_run_id": run_id,
+        "occurred_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        "flow_ref": {"kind": "import", "path": "examples.etl:flow"},
+        "parameters": {"day": "2024-05-01", "limit": 2},
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.brokers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            kafka_settings.topic("commands"),
+            json.dumps(raw).encode(),
+            key=run_id.encode(),
+            partition=elsewhere,
+        )
+    finally:
+        await producer.stop()
+    view = await client.wait(run_id, timeout=RUN_TIMEOUT_S)
+    assert view.flow_state_type == "Success"
+    events = await _ledger_events(kafka_settings, run_id)
+    assert events, "the run's facts are on the partition murmur2 gives"
+
+
 async def test_a_refused_run_request_is_reported_with_the_reason(client: Client) -> None:
     """Flows outside the allowlist, or missing, are refused; wait() says why at once."""
     outside = await client.submit("json.decoder:JSONDecoder", {})
