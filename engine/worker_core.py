@@ -33,7 +33,22 @@ from events import (
     WorkerIdentity,
     WorkItem,
 )
-from events.fast import construct
+from events.fast import construct, maker
+
+_make_proposal = maker(
+    TransitionProposed,
+    "event_id",
+    "flow_run_id",
+    "task_run_id",
+    "task_slug",
+    "map_index",
+    "occurred_at",
+    "cause",
+    "expected_seq",
+    "attempt",
+    "state",
+    "final",
+)
 
 Submit = Callable[[Command], list[Event]]
 
@@ -78,19 +93,18 @@ class _Proposer:
 
     def _send(self, state: State, final: bool) -> tuple[TransitionProposed, list[Event]]:
         work = self.work
-        command = construct(
-            TransitionProposed,
-            event_id=self.next_id(),
-            flow_run_id=work.flow_run_id,
-            task_run_id=work.task_run_id,
-            task_slug=work.slug,
-            map_index=work.map_index,
-            occurred_at=self.clock(),
-            cause=self.cause,
-            expected_seq=self.seq,
-            attempt=work.attempt,
-            state=blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
-            final=final,
+        command = _make_proposal(
+            self.next_id(),
+            work.flow_run_id,
+            work.task_run_id,
+            work.slug,
+            work.map_index,
+            self.clock(),
+            self.cause,
+            self.seq,
+            work.attempt,
+            blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
+            final,
         )
         if isinstance(state, Mapped) and self.map_children is not None:
             command.state["context"]["map_children"] = self.map_children

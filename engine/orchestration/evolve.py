@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
-from engine.orchestration.rules import RUNNING, SCHEDULED
+from engine.orchestration.rules import FINISHED, RUNNING, SCHEDULED
 from engine.orchestration.view import FlowRunView, PlanIndex, TaskRunRecord
 from events import (
     Event,
@@ -23,7 +23,6 @@ from events import (
     WorkDispatched,
 )
 
-Changes = dict[str, Any]
 _FIELDS = tuple(f.name for f in fields(FlowRunView))
 _set = object.__setattr__
 _new = object.__new__
@@ -71,10 +70,7 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
         _set(view, "processed_commands", view.processed_commands.set(command_id, None))
     apply = _APPLY.get(type(event))
     if apply is not None:  # rejections and dead letters change no state, only the command log
-        changes: Changes = {}
-        apply(view, event, changes)
-        for name, value in changes.items():
-            _set(view, name, value)
+        apply(view, event)
 
 
 def fold(
@@ -104,11 +100,12 @@ def _check_seq(current: int, seq: int | None, what: str) -> bool:
     return True
 
 
-def _flow_run_created(view: FlowRunView, event: Event, changes: Changes) -> None:
+def _flow_run_created(view: FlowRunView, event: Event) -> None:
     assert isinstance(event, FlowRunCreated)
     if view.created:
         return
-    changes.update(
+    _set_many(
+        view,
         flow_ref=event.flow_ref,
         parameters=dict(event.parameters),
         context=dict(event.context),
@@ -120,15 +117,24 @@ def _flow_run_created(view: FlowRunView, event: Event, changes: Changes) -> None
     )
 
 
-def _flow_run_transitioned(view: FlowRunView, event: Event, changes: Changes) -> None:
+def _flow_run_transitioned(view: FlowRunView, event: Event) -> None:
     assert isinstance(event, FlowRunTransitioned)
     if _check_seq(view.flow_seq, event.seq, f"flow run {view.flow_run_id}"):
-        changes.update(
-            flow_state=event.state, flow_state_type=event.state["type"], flow_seq=view.flow_seq + 1
+        _set_many(
+            view,
+            flow_state=event.state,
+            flow_state_type=event.state["type"],
+            flow_seq=view.flow_seq + 1,
         )
 
 
-def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) -> None:
+def _set_many(view: FlowRunView, **values: Any) -> None:
+    for name, value in values.items():
+        _set(view, name, value)
+
+
+def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
+    # The fold's hottest function: it writes the private view copy directly.
     assert isinstance(event, TaskRunTransitioned)
     run_id, slug = event.task_run_id, event.task_slug
     if run_id is None or slug is None:
@@ -136,67 +142,67 @@ def _task_run_transitioned(view: FlowRunView, event: Event, changes: Changes) ->
     old = view.task_runs.get(run_id)
     if not _check_seq(old.seq if old else 0, event.seq, f"task run {run_id}"):
         return
-    new_type: str = event.state["type"]
+    state = event.state
+    new_type: str = state["type"]
     # A claim counts as the first heartbeat of its attempt.
     beat = event.occurred_at if new_type == "Running" else (old.last_heartbeat if old else None)
     record = TaskRunRecord(
-        task_run_id=run_id,
-        slug=slug,
-        map_index=event.map_index,
-        seq=event.seq or 0,
-        state=event.state,
-        state_type=new_type,
-        attempt=event.attempt,
-        final=event.final,
-        last_heartbeat=beat,
+        run_id,
+        slug,
+        event.map_index,
+        event.seq or 0,
+        state,
+        new_type,
+        event.attempt,
+        event.final,
+        beat,
     )
     was_finished = old is not None and old.rests_finished
-    now_finished = record.rests_finished
-    changes["task_runs"] = view.task_runs.set(run_id, record)
-    if old is None or was_finished != now_finished:
-        changes["unfinished_runs"] = view.unfinished_runs + (
-            (0 if now_finished else 1) if old is None else (1 if was_finished else -1)
-        )
+    now_finished = event.final and new_type in FINISHED
+    _set(view, "task_runs", view.task_runs.set(run_id, record))
+    if old is None:
+        if not now_finished:
+            _set(view, "unfinished_runs", view.unfinished_runs + 1)
+    elif was_finished != now_finished:
+        _set(view, "unfinished_runs", view.unfinished_runs + (1 if was_finished else -1))
     if event.map_index is None:
         if new_type == "Mapped":
             # The worker records how many children flattening really produced.
-            context = event.state.get("context") or {}
-            n = int(context.get("map_children", event.state.get("n_map_states") or 0))
-            changes["children"] = view.children.set(slug, n)
-            changes["unfinished_children"] = view.unfinished_children.set(slug, n)
+            context = state.get("context") or {}
+            n = int(context.get("map_children", state.get("n_map_states") or 0))
+            _set(view, "children", view.children.set(slug, n))
+            _set(view, "unfinished_children", view.unfinished_children.set(slug, n))
     elif old is not None and was_finished != now_finished:
         left = view.unfinished_children.get(slug, 0) + (1 if was_finished else -1)
-        changes["unfinished_children"] = view.unfinished_children.set(slug, left)
-    start = event.state.get("start_time") if new_type in SCHEDULED else None
+        _set(view, "unfinished_children", view.unfinished_children.set(slug, left))
+    start = state.get("start_time") if new_type in SCHEDULED else None
     if start is not None:
-        changes["scheduled"] = view.scheduled.set(run_id, start)
+        _set(view, "scheduled", view.scheduled.set(run_id, start))
     elif run_id in view.scheduled:
-        changes["scheduled"] = view.scheduled.delete(run_id)
+        _set(view, "scheduled", view.scheduled.delete(run_id))
     if new_type in RUNNING:
-        changes["running"] = view.running.set(run_id, None)
+        _set(view, "running", view.running.set(run_id, None))
     elif run_id in view.running:
-        changes["running"] = view.running.delete(run_id)
+        _set(view, "running", view.running.delete(run_id))
 
 
-def _work_dispatched(view: FlowRunView, event: Event, changes: Changes) -> None:
+def _work_dispatched(view: FlowRunView, event: Event) -> None:
     assert isinstance(event, WorkDispatched)
     record = view.task_runs.get(event.work.task_run_id)
     if record is not None and record.attempt != event.work.attempt:
-        changes["task_runs"] = view.task_runs.set(
-            record.task_run_id, record._replace(attempt=event.work.attempt)
-        )
+        updated = record._replace(attempt=event.work.attempt)
+        _set(view, "task_runs", view.task_runs.set(record.task_run_id, updated))
 
 
-def _heartbeat_recorded(view: FlowRunView, event: Event, changes: Changes) -> None:
+def _heartbeat_recorded(view: FlowRunView, event: Event) -> None:
     record = view.task_runs.get(event.task_run_id or "")
     beat = record.last_heartbeat if record is not None else None
     if record is not None and (beat is None or event.occurred_at > beat):
-        changes["task_runs"] = view.task_runs.set(
-            record.task_run_id, record._replace(last_heartbeat=event.occurred_at)
-        )
+        updated = record._replace(last_heartbeat=event.occurred_at)
+        _set(view, "task_runs", view.task_runs.set(record.task_run_id, updated))
 
 
-_APPLY: dict[type[Event], Callable[[FlowRunView, Event, Changes], None]] = {
+_APPLY: dict[type[Event], Callable[[FlowRunView, Event], None]] = {
     TaskRunTransitioned: _task_run_transitioned,
     FlowRunTransitioned: _flow_run_transitioned,
     WorkDispatched: _work_dispatched,
