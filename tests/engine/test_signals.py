@@ -24,7 +24,7 @@ from engine.state import (
 
 GOLDEN = json.loads(
     (
-        Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "state_model.json"
+        Path(__file__).resolve().parents[1] / "golden" / "recordings" / "state_model.json"
     ).read_text()
 )["signals"]
 STATE_SIGNALS = sorted(name for name, facts in GOLDEN.items() if "state_class" in facts)

@@ -49,7 +49,7 @@ from engine.version import ENGINE_VERSION
 
 GOLDEN = json.loads(
     (
-        Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "state_model.json"
+        Path(__file__).resolve().parents[1] / "golden" / "recordings" / "state_model.json"
     ).read_text()
 )
 T = pendulum.datetime(2024, 1, 2, 3, 4, 5)

@@ -27,7 +27,7 @@ ValueOf = Callable[[Blob], Any]
 GOLDEN_DIR = Path(
     os.environ.get(
         "RUNLEDGER_GOLDEN_DIR",
-        Path(__file__).resolve().parents[3] / "shared" / "golden",
+        Path(__file__).resolve().parent / "recordings",
     )
 )
 """Where the recordings live (override with RUNLEDGER_GOLDEN_DIR)."""

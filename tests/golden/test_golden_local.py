@@ -120,3 +120,15 @@ def test_a_difference_from_the_golden_recording_is_reported_per_task_run(tmp_pat
     assert "2 difference(s)" in report
     assert "run0:one: sequence differs" in report
     assert "run0:one final state: message" in report
+
+
+def test_the_vendored_recordings_equal_the_shared_golden_files() -> None:
+    """tests/golden/recordings is a copy of ../shared/golden; a new recording must be copied."""
+    shared = Path(__file__).resolve().parents[3] / "shared" / "golden"
+    if not shared.is_dir():
+        pytest.skip(f"no shared/golden beside the checkout ({shared}) to compare with")
+    ours = Path(__file__).resolve().parent / "recordings"
+    names = sorted(p.name for p in shared.iterdir() if p.suffix in {".json", ".md"})
+    assert sorted(p.name for p in ours.iterdir()) == names
+    for name in names:
+        assert (ours / name).read_bytes() == (shared / name).read_bytes(), name
