@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv lint test demo bench clean distclean
+.PHONY: venv lint test demo bench bench-prefect clean distclean
 
 ## venv: create .venv and install the project with its dev extras (again only when pyproject.toml changed)
 venv: $(STAMP)
@@ -29,7 +29,15 @@ test: venv lint
 demo: venv
 	$(BIN)/runledger demo
 
-## bench: run every bench/bench_*.py
+## bench-prefect: a separate venv with Prefect 1.4.1, the baseline bench/bench_local.py measures beside ours
+bench-prefect: .venv-prefect/.installed
+
+.venv-prefect/.installed:
+	$(PYTHON) -m venv .venv-prefect
+	.venv-prefect/bin/python -m pip install 'prefect==1.4.1'
+	@touch $@
+
+## bench: run every bench/bench_*.py (make bench-prefect first to include the Prefect baseline)
 bench: venv
 	@set -e; for script in bench/bench_*.py; do \
 		[ -e "$$script" ] || { echo "no benchmarks in bench/"; break; }; \

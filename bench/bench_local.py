@@ -153,7 +153,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="inputs of the mapped task")
     parser.add_argument("--chain", type=int, default=200, help="length of the chain")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best kept)")
-    parser.add_argument("--prefect-python", help="interpreter with prefect==1.4.1 installed")
+    default_prefect = Path(__file__).resolve().parents[1] / ".venv-prefect" / "bin" / "python"
+    parser.add_argument(
+        "--prefect-python",
+        default=str(default_prefect) if default_prefect.exists() else None,
+        help="interpreter with prefect==1.4.1 (default: .venv-prefect, made by make bench-prefect)",
+    )
     parser.add_argument("--prefect-n", type=int, default=1_000, help="map size for Prefect")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
