@@ -110,7 +110,9 @@ class LocalLedger:
     def submit(self, command: Command) -> list[Event]:
         self.view, new = decide_and_evolve(self.view, command, self.clock())
         self.events.extend(new)
-        self.work.extend(e for e in new if isinstance(e, WorkDispatched))
+        for event in new:
+            if type(event) is WorkDispatched:
+                self.work.append(event)
         return new
 
 

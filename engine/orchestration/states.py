@@ -105,9 +105,8 @@ def state_problem(blob: Any) -> str | None:
     kind = blob.get("type")
     if kind not in STATE_CLASSES or kind == "State":
         return f"unknown state type {kind!r}"
-    unknown = set(blob) - _KNOWN_FIELDS
-    if unknown:
-        return f"state {kind} has unknown fields {sorted(unknown)}"
+    if not blob.keys() <= _KNOWN_FIELDS:
+        return f"state {kind} has unknown fields {sorted(blob.keys() - _KNOWN_FIELDS)}"
     message = blob.get("message")
     if message is not None and not isinstance(message, str):
         return f"state {kind}: message must be a string or null"
