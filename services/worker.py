@@ -22,6 +22,7 @@ the local runner uses. What is Kafka-specific lives here:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import itertools
@@ -29,7 +30,7 @@ import logging
 import sys
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,7 +42,6 @@ from aiokafka.errors import KafkaError
 
 from engine.clock import Clock, SystemClock
 from engine.flow import Flow
-from engine.result_store import FSResultStore
 from engine.state import Cached, Failed, State
 from engine.worker_core import execute_work
 from events import (
@@ -58,6 +58,7 @@ from events import (
 )
 from services.codeload import FlowLoadError, import_handlers, load_flow
 from services.kafka import dead_letter_for, make_consumer, make_producer
+from services.results import WorkerResultStore
 from services.roles import (
     HEADER_COMMAND,
     HEADER_PARTITION,
@@ -138,7 +139,7 @@ class Worker:
         self.clock: Clock = clock or SystemClock()
         self.identity = role_identity("worker", name)
         self.concurrency = concurrency or settings.worker_concurrency
-        self.store = FSResultStore(settings.result_store_url)
+        self.store = WorkerResultStore(settings.result_store_url)
         self.caches: dict[str, list[State]] = {}
         """cache_for results of this process (Prefect 1 keeps them per process too)."""
         self.stats = WorkerStats()
@@ -155,6 +156,11 @@ class Worker:
         self._cache_lock = threading.Lock()
         self._partitions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._handoff: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._handoff_lock = threading.Lock()
+        self._handoff_scheduled = False
         self._id_prefix = f"{self.identity.id}:{uuid.uuid4().hex[:12]}:"
         self._ids = itertools.count(1)
 
@@ -250,13 +256,42 @@ class Worker:
             partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
         job = _Job(record, partition, entry)
         self._in_flight += 1
-        future = self._loop.run_in_executor(pool, self._execute, job)
+        future = pool.submit(self._execute, job)
+        # Called in the task thread (or here, if cancelled): handed to the loop.
         future.add_done_callback(partial(self._job_done, job))
 
-    def _job_done(self, job: _Job, future: asyncio.Future[None]) -> None:
+    def _job_done(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
+        self._hand_over(self._complete_soon, job, future)
+
+    def _complete_soon(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
         asyncio.get_running_loop().create_task(self._complete(job, future))
 
-    async def _complete(self, job: _Job, future: asyncio.Future[None]) -> None:
+    def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback(*args)` on the event loop; callable from any thread.
+
+        One `call_soon_threadsafe` (a self-pipe write, a syscall that waited for
+        the GIL under load: py-spy) wakes the loop for everything queued until it
+        runs, instead of one per proposal and one per finished job.
+        """
+        self._handoff.append((callback, args))
+        with self._handoff_lock:
+            if self._handoff_scheduled:
+                return
+            self._handoff_scheduled = True
+        assert self._loop is not None
+        if self._loop.is_closed():
+            return  # a body outlived the stop grace: nothing left to hand it to
+        self._loop.call_soon_threadsafe(self._run_handoff)
+
+    def _run_handoff(self) -> None:
+        with self._handoff_lock:
+            self._handoff_scheduled = False  # anything queued after this wakes us again
+        handoff = self._handoff
+        while handoff:
+            callback, args = handoff.popleft()
+            callback(*args)
+
+    async def _complete(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
         try:
             if future.cancelled():
                 return  # never started (stopping): the offset stays uncommitted
@@ -347,8 +382,7 @@ class Worker:
 
     def _post(self, job: _Job | None, topic: str, partition: int, event: Event) -> None:
         record = Outgoing(topic, partition, event.flow_run_id.encode(), encode(event))
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._enqueue, job, record)
+        self._hand_over(self._enqueue, job, record)
 
     def _next_id(self) -> str:
         # A random token per process (a restarted worker may reuse its name) and a
