@@ -103,11 +103,14 @@ class RunLedgerFaustApp(faust.App):
 def faust_options(settings: Settings) -> dict[str, Any]:
     """faust App options from RunLedger settings, every one explicit.
 
-    faust otherwise reads unprefixed environment variables (``BROKER_SESSION_TIMEOUT``
-    ...) and defaults to a 60 s session (a ~30 s first join).
+    faust otherwise reads unprefixed environment variables (``BROKER_SESSION_TIMEOUT``,
+    ``WEB_PORT`` ...), which *override* keyword options: ``env={}`` makes the
+    ``RUNLEDGER_*`` settings the only configuration. Its 60 s default session would
+    make a first group join take ~30 s on Tansu.
     """
     session_s = settings.session_timeout_ms / 1000
     return {
+        "env": {},
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
         "store": "memory://",
         "processing_guarantee": "at_least_once",  # exactly_once dies on Tansu
