@@ -44,3 +44,13 @@ def test_relative_links_point_at_files_that_exist() -> None:
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
         assert (REPO_ROOT / target).exists(), target
     assert "(docs/events.md)" in README
+
+
+def test_the_local_python_example_runs_as_written() -> None:
+    """The README's first Python example (flows run locally) executes and its asserts hold."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {"__name__": "readme_example"}
+    exec(compile(example, "README.md", "exec"), namespace)  # the asserts are the example's
+    assert "state" in namespace
