@@ -108,7 +108,8 @@ class LocalLedger:
         return f"{self.view.flow_run_id}:c{next(self._ids)}"
 
     def submit(self, command: Command) -> list[Event]:
-        self.view, new = decide_and_evolve(self.view, command, self.clock())
+        # The ledger keeps no other reference to its view: decide may fold in place.
+        self.view, new = decide_and_evolve(self.view, command, self.clock(), owned=True)
         self.events.extend(new)
         for event in new:
             if type(event) is WorkDispatched:

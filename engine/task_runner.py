@@ -247,8 +247,9 @@ class TaskRunner:
             self.set_task_run_name(inputs)
             if self.task.target is not None:
                 state = self.check_target(state, inputs)
-            else:
+            elif self.task.cache_for is not None or state.is_cached():
                 state = self.check_task_is_cached(state, inputs)
+            # else: the cache check could only return `state` unchanged (no announcement)
             state = self.check_task_trigger(state, upstream_states)
             state = self.set_task_to_running(state, inputs)
             state = self.get_task_run_state(state, inputs)

@@ -68,9 +68,11 @@ class _Decision:
 
     __slots__ = ("cause", "command", "events", "now", "view")
 
-    def __init__(self, view: FlowRunView, command: Command, now: datetime) -> None:
+    def __init__(
+        self, view: FlowRunView, command: Command, now: datetime, owned: bool = False
+    ) -> None:
         # One private working copy per command: each fact is folded into it in place.
-        self.view = copy_view(view)
+        self.view = view if owned else copy_view(view)
         self.command = command
         self.now = now
         self.events: list[Event] = []
@@ -142,12 +144,17 @@ def decide(view: FlowRunView, command: Command, now: datetime) -> list[Event]:
 
 
 def decide_and_evolve(
-    view: FlowRunView, command: Command, now: datetime
+    view: FlowRunView, command: Command, now: datetime, *, owned: bool = False
 ) -> tuple[FlowRunView, list[Event]]:
-    """`decide`, plus the view with its facts already folded in (what shells keep)."""
+    """`decide`, plus the view with its facts already folded in (what shells keep).
+
+    `owned=True` hands the view over: a shell that keeps only the returned view
+    (and no other reference to the one it passes) lets decide fold into it in
+    place instead of copying it first. Nobody else can observe the difference.
+    """
     if command.event_id in view.processed_commands:
         return view, []  # a redelivered command changes nothing
-    decision = _Decision(view, command, now)
+    decision = _Decision(view, command, now, owned)
     handler = _HANDLERS.get(type(command))
     if handler is None:
         decision.reject(f"the ledger does not handle {command.type!r} commands")
