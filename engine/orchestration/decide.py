@@ -46,6 +46,19 @@ from events import (
 )
 from events.fast import construct, maker
 
+_make_dispatch = maker(
+    WorkDispatched,
+    "event_id",
+    "flow_run_id",
+    "occurred_at",
+    "cause",
+    "task_run_id",
+    "task_slug",
+    "map_index",
+    "seq",
+    "work",
+)
+_make_cause = maker(Cause, "command_id", "worker")
 _make_transition = maker(
     TaskRunTransitioned,
     "event_id",
@@ -76,7 +89,7 @@ class _Decision:
         self.command = command
         self.now = now
         self.events: list[Event] = []
-        self.cause = construct(Cause, command_id=command.event_id, worker=command.cause.worker)
+        self.cause = _make_cause(command.event_id, command.cause.worker)
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
         event = construct(
@@ -315,14 +328,19 @@ def _dispatch(d: _Decision, record: TaskRunRecord) -> None:
     submitted = blobs.submitted(record.state)
     d.move(record, record.slug, record.map_index, submitted, attempt=attempt)
     current = d.view.task_runs[record.task_run_id]
-    d.emit(
-        WorkDispatched,
-        task_run_id=record.task_run_id,
-        task_slug=record.slug,
-        map_index=record.map_index,
-        seq=current.seq,
-        work=work_item(d.view, current, submitted, current.seq, attempt),
+    event = _make_dispatch(
+        f"{d.command.event_id}/{len(d.events)}",
+        d.view.flow_run_id,
+        d.now,
+        d.cause,
+        record.task_run_id,
+        record.slug,
+        record.map_index,
+        current.seq,
+        work_item(d.view, current, submitted, current.seq, attempt),
     )
+    apply_in_place(d.view, event)
+    d.events.append(event)
 
 
 def _finish_flow_if_done(d: _Decision) -> None:

@@ -14,7 +14,24 @@ from typing import Any
 from engine.orchestration.rules import SCHEDULED
 from engine.orchestration.view import FlowRunView, TaskRunRecord
 from events import PlanEdge, UpstreamInput, WorkItem
-from events.fast import construct
+from events.fast import maker
+
+_make_input = maker(UpstreamInput, "edge", "state", "map_states", "indexed")
+_make_work_item = maker(
+    WorkItem,
+    "flow_run_id",
+    "task_run_id",
+    "slug",
+    "map_index",
+    "flow_ref",
+    "parameters",
+    "state",
+    "expected_seq",
+    "attempt",
+    "upstream",
+    "is_mapped_parent",
+    "context",
+)
 
 
 def is_due(record: TaskRunRecord, now: datetime) -> bool:
@@ -86,18 +103,10 @@ def _upstream_input(view: FlowRunView, edge: PlanEdge, map_index: int | None) ->
             if map_index is not None:
                 child = view.record(edge.upstream, map_index)
                 child_state = child.state if child is not None else {"type": "Pending"}
-                return construct(
-                    UpstreamInput, edge=edge, state=child_state, map_states=None, indexed=True
-                )
-            return construct(UpstreamInput, edge=edge, state=state, map_states=None, indexed=False)
-        return construct(
-            UpstreamInput,
-            edge=edge,
-            state=state,
-            map_states=_children_blobs(view, edge.upstream),
-            indexed=False,
-        )
-    return construct(UpstreamInput, edge=edge, state=state, map_states=None, indexed=False)
+                return _make_input(edge, child_state, None, True)
+            return _make_input(edge, state, None, False)
+        return _make_input(edge, state, _children_blobs(view, edge.upstream), False)
+    return _make_input(edge, state, None, False)
 
 
 def work_item(
@@ -112,18 +121,17 @@ def work_item(
     assert view.flow_ref is not None
     plan_task = view.index.tasks[record.slug]
     upstream = tuple(_upstream_input(view, e, record.map_index) for e in plan_task.edges)
-    return construct(
-        WorkItem,
-        flow_run_id=view.flow_run_id,
-        task_run_id=record.task_run_id,
-        slug=record.slug,
-        map_index=record.map_index,
-        flow_ref=view.flow_ref,
-        parameters=view.parameters,
-        state=submitted,
-        expected_seq=expected_seq,
-        attempt=attempt,
-        upstream=upstream,
-        is_mapped_parent=record.map_index is None and record.slug in view.index.mapped_slugs,
-        context=view.context,
+    return _make_work_item(
+        view.flow_run_id,
+        record.task_run_id,
+        record.slug,
+        record.map_index,
+        view.flow_ref,
+        view.parameters,
+        submitted,
+        expected_seq,
+        attempt,
+        upstream,
+        record.map_index is None and record.slug in view.index.mapped_slugs,
+        view.context,
     )
