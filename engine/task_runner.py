@@ -166,13 +166,14 @@ class TaskRunner:
         state = Pending() if state is None else state
         while isinstance(state, _MetaState):
             state = state.state if state.state is not None else Pending()
-        now = self.clock()
         if isinstance(state, Retrying):
             context["task_run_count"] = state.run_count + 1
         else:
             context["task_run_count"] = state.context.get("task_run_count", 1)
         if isinstance(state, Resume) or (
-            isinstance(state, Paused) and state.start_time is not None and state.start_time <= now
+            isinstance(state, Paused)
+            and state.start_time is not None
+            and state.start_time <= self.clock()
         ):
             context["resume"] = True
         if "_loop_count" in state.context:
