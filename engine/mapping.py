@@ -7,7 +7,7 @@ run checks (`upstream_for_parent`) and the states child `i` receives
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from engine.edges import Edge
@@ -76,9 +76,7 @@ def upstream_for_parent(upstream_states: Mapping[Edge, State]) -> dict[Edge, Sta
     A plain upstream on a flattened edge arrives flattened; a Mapped upstream
     arrives as is (so its n_map_states counts its children, not their elements).
     """
-    return {
-        edge: _flatten_plain(s) if edge.flattened else s for edge, s in upstream_states.items()
-    }
+    return {edge: _flatten_plain(s) if edge.flattened else s for edge, s in upstream_states.items()}
 
 
 def flattened(upstream_states: Mapping[Edge, State]) -> dict[Edge, State]:
@@ -105,11 +103,17 @@ def child_count(upstream_states: Mapping[Edge, State]) -> int:
     return min(counts) if counts else 0
 
 
-def upstream_for_child(upstream_states: Mapping[Edge, State], index: int) -> dict[Edge, State]:
-    """The upstream states child `index` receives (from `flattened` states)."""
+def upstream_for_child(
+    upstream_states: Mapping[Edge, State], index: int, indexed: Collection[Edge] = ()
+) -> dict[Edge, State]:
+    """The upstream states child `index` receives (from `flattened` states).
+
+    Edges in `indexed` already carry child `index`'s own state (the ledger picked
+    it from a Mapped upstream) and are passed as they are.
+    """
     child: dict[Edge, State] = {}
     for edge, state in upstream_states.items():
-        if not edge.mapped:
+        if not edge.mapped or edge in indexed:
             child[edge] = state
         elif state.is_mapped():
             child[edge] = state.map_states[index]  # type: ignore[attr-defined]

@@ -18,9 +18,8 @@ from engine import signals
 from engine.clock import Clock
 from engine.edges import Edge
 from engine.flow import Flow
-from engine.mapping import child_count, flattened, upstream_for_parent
+from engine.mapping import child_count, flattened, upstream_for_child, upstream_for_parent
 from engine.result_store import ResultStore, blob_of, state_of
-from engine.results import Result
 from engine.state import ClientFailed, Mapped, Running, State
 from engine.task import Task
 from engine.task_runner import TaskRunner
@@ -145,10 +144,7 @@ def upstream_states(
     prepared = flattened(states)
     if work.map_index is None:
         return prepared
-    return {
-        edge: _child_view(edge, state, work.map_index, edge in indexed)
-        for edge, state in prepared.items()
-    }
+    return upstream_for_child(prepared, work.map_index, indexed)
 
 
 def _received_states(
@@ -173,17 +169,6 @@ def _received_states(
         if item.indexed:
             indexed.add(edge)
     return states, indexed
-
-
-def _child_view(edge: Edge, state: State, index: int, indexed: bool) -> State:
-    if not edge.mapped or indexed:
-        return state
-    if state.is_mapped():
-        child: State = state.map_states[index]  # type: ignore[attr-defined]
-        return child
-    if not state.is_successful():
-        return state  # a failed source reaches every child whole (its trigger fails)
-    return state.copy_with(result=Result(value=state.result[index]))
 
 
 def execute_work(

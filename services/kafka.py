@@ -8,7 +8,6 @@ loop (BROKER_NOTES.md). faust hosts the roles (lifecycle, web server, timers).
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Iterable, Mapping
@@ -18,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from events import DeadLettered, Event, encode
+from events import DeadLettered, deadletter_payload
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,21 +77,6 @@ def partition_for(flow_run_id: str, partitions: int) -> int:
     return h % partitions
 
 
-def event_key(event: Event) -> bytes:
-    """Commands and ledger facts are keyed by flow run: one partition per run."""
-    return event.flow_run_id.encode()
-
-
-def record_text(value: bytes | None) -> str:
-    """A record's value as text for a dead letter (base64 when not UTF-8)."""
-    if value is None:
-        return ""
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(value).decode()
-
-
 def dead_letter_for(
     record: ConsumerRecord[bytes, bytes], reason: str, flow_run_id: str | None = None
 ) -> DeadLettered:
@@ -106,13 +90,8 @@ def dead_letter_for(
         partition=record.partition,
         offset=record.offset,
         key=record.key.decode(errors="replace") if record.key else None,
-        payload=record_text(record.value),
+        payload=deadletter_payload(record.value),
     )
-
-
-async def send_events(producer: AIOKafkaProducer, topic: str, events: Iterable[Event]) -> list[Any]:
-    """Queue events for sending (keyed by flow run); await the returned futures."""
-    return [await producer.send(topic, encode(e), key=event_key(e)) for e in events]
 
 
 async def read_partitions_to_end(

@@ -92,14 +92,23 @@ class _Decision:
         self.cause = _make_cause(command.event_id, command.cause.worker)
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
-        event = construct(
-            cls,
-            event_id=f"{self.command.event_id}/{len(self.events)}",
-            flow_run_id=self.view.flow_run_id,
-            occurred_at=self.now,
-            cause=self.cause,
-            **fields,
+        self.append(
+            construct(
+                cls,
+                event_id=self.next_event_id(),
+                flow_run_id=self.view.flow_run_id,
+                occurred_at=self.now,
+                cause=self.cause,
+                **fields,
+            )
         )
+
+    def next_event_id(self) -> str:
+        """Fact ids derive from the command's: deterministic, and traceable to it."""
+        return f"{self.command.event_id}/{len(self.events)}"
+
+    def append(self, event: Event) -> None:
+        """Fold a fact into the working view at once and keep it."""
         apply_in_place(self.view, event)
         self.events.append(event)
 
@@ -125,22 +134,22 @@ class _Decision:
         attempt: int | None = None,
     ) -> None:
         # The hottest path of the ledger: a positional maker, then the fold step.
-        event = _make_transition(
-            f"{self.command.event_id}/{len(self.events)}",
-            self.view.flow_run_id,
-            self.now,
-            self.cause,
-            record.task_run_id if record else self.view.run_id(slug, map_index),
-            slug,
-            map_index,
-            (record.seq if record else 0) + 1,
-            state,
-            record.state_type if record else None,
-            attempt if attempt is not None else (record.attempt if record else 1),
-            final,
+        self.append(
+            _make_transition(
+                self.next_event_id(),
+                self.view.flow_run_id,
+                self.now,
+                self.cause,
+                record.task_run_id if record else self.view.run_id(slug, map_index),
+                slug,
+                map_index,
+                (record.seq if record else 0) + 1,
+                state,
+                record.state_type if record else None,
+                attempt if attempt is not None else (record.attempt if record else 1),
+                final,
+            )
         )
-        apply_in_place(self.view, event)
-        self.events.append(event)
 
     def move_flow(self, state: dict[str, Any]) -> None:
         self.emit(
@@ -328,19 +337,19 @@ def _dispatch(d: _Decision, record: TaskRunRecord) -> None:
     submitted = blobs.submitted(record.state)
     d.move(record, record.slug, record.map_index, submitted, attempt=attempt)
     current = d.view.task_runs[record.task_run_id]
-    event = _make_dispatch(
-        f"{d.command.event_id}/{len(d.events)}",
-        d.view.flow_run_id,
-        d.now,
-        d.cause,
-        record.task_run_id,
-        record.slug,
-        record.map_index,
-        current.seq,
-        work_item(d.view, current, submitted, current.seq, attempt),
+    d.append(
+        _make_dispatch(
+            d.next_event_id(),
+            d.view.flow_run_id,
+            d.now,
+            d.cause,
+            record.task_run_id,
+            record.slug,
+            record.map_index,
+            current.seq,
+            work_item(d.view, current, submitted, current.seq, attempt),
+        )
     )
-    apply_in_place(d.view, event)
-    d.events.append(event)
 
 
 def _finish_flow_if_done(d: _Decision) -> None:
