@@ -2,8 +2,10 @@
 
 Shared by the local runner and the Kafka worker: rebuild the upstream states
 from the work item, run the TaskRunner, and turn each state change into a
-TransitionProposed. A Running claim is proposed at once and must be accepted
-before the body runs; the other changes are proposed one step late, so the
+TransitionProposed. A Running claim is proposed at once; when the shell
+answers it, the body runs only if the ledger accepted it (a shell may instead
+answer None -- "sent, not awaited" -- and let the ledger refuse the run's later
+proposals if the claim lost). The other changes are proposed one step late, so the
 last one of a run can be marked `final` -- the state the run rests in, which
 is what the ledger reacts to (an intermediate Failed before a Retrying must
 not trigger downstream tasks).
@@ -49,7 +51,9 @@ _make_proposal = maker(
     "final",
 )
 
-Submit = Callable[[Command], list[Event]]
+Submit = Callable[[Command], list[Event] | None]
+"""Sends a command; returns the ledger's facts answering it, or None when the
+shell does not wait for them (only ever for a Running claim)."""
 
 
 class _Proposer:
@@ -77,7 +81,7 @@ class _Proposer:
         self._flush(final=False)
         if isinstance(state, Running):
             command, facts = self._send(state, final=False)
-            if not _claim_accepted(command, facts):
+            if facts is not None and not _claim_accepted(command, facts):
                 raise signals.ENDRUN(ClientFailed(state=state))
         else:
             self.pending = state
@@ -90,7 +94,7 @@ class _Proposer:
             state, self.pending = self.pending, None
             self._send(state, final=final)
 
-    def _send(self, state: State, final: bool) -> tuple[TransitionProposed, list[Event]]:
+    def _send(self, state: State, final: bool) -> tuple[TransitionProposed, list[Event] | None]:
         work = self.work
         command = _make_proposal(
             self.next_id(),

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=4, ge=1)
     """Task bodies a worker process runs at the same time."""
 
+    worker_await_claims: bool = False
+    """Wait for the ledger's answer to every Running claim before running the body.
+
+    By default a worker waits only for work items that another worker may have
+    started already (those fetched first after a partition assignment) and runs
+    fresh ones at once: the ledger then refuses the outcome of a lost claim. True
+    also keeps a body from starting when a cancel reached the ledger just before
+    its claim, at the cost of one more broker round trip per task run."""
+
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between a worker's heartbeats for a running task run."""
 

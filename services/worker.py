@@ -4,12 +4,18 @@ Work records (`work` topic, consumer group ``{app_id}-workers``) go to a bounded
 ThreadPoolExecutor that runs `engine.worker_core.execute_work` -- the same code
 the local runner uses. What is Kafka-specific lives here:
 
-* **Claims.** `execute_work` proposes Running before the body runs and blocks
-  until the ledger answers. The answer is found by tailing the `ledger` topic
-  (all partitions, from the end at start): facts carry the id of the command
-  they answer in a header, so only the awaited ones are decoded. A refused
-  claim (a redelivered or stale work item) ends as ClientFailed and the body
-  does not run: that is what makes redelivery safe.
+* **Claims.** `execute_work` proposes Running before the body runs. A work
+  item fetched first after a partition assignment may have been started by the
+  partition's previous owner (at-least-once delivery): for those the worker
+  waits for the ledger's answer, found by tailing the `ledger` topic (facts
+  carry the id of the command they answer in a header, so only the awaited ones
+  are decoded), and a refused claim ends as ClientFailed without running the
+  body -- that is what makes redelivery safe. A fresh item (written after this
+  worker's first fetch of its partition) can only be a duplicate of one this
+  worker holds, so its body runs at once: waiting would add a broker round trip
+  to every task run, and should the claim lose after all, the ledger refuses
+  the run's later proposals (the attempt belongs to the claimer). The tail is
+  paused while no claim is awaited. `worker_await_claims` makes every claim wait.
 * **Proposals** from the task threads are handed to the event loop and sent in
   batches; heartbeats go out every `heartbeat_interval_s` for claimed runs.
 * **Offsets** are committed in order, and only up to work items whose every
@@ -89,6 +95,8 @@ class WorkerStats:
     executed: int = 0
     claims_accepted: int = 0
     claims_refused: int = 0
+    claims_unawaited: int = 0
+    """Claims of fresh work items, whose body ran without waiting for the answer."""
     proposals: int = 0
     heartbeats: int = 0
     dead_letters: int = 0
@@ -100,6 +108,8 @@ class _Job:
     partition: int
     """Commands partition of the flow run: where its proposals go."""
     offset: Pending
+    fresh: bool = False
+    """Written after this worker's first fetch of the partition: nobody else had it."""
     sends: list[Ack] = field(default_factory=list)
     work: WorkItem | None = None
 
@@ -116,6 +126,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.worker._offsets.assign(assigned)
+        for tp in assigned:  # what an earlier owner may have fetched is measured anew
+            self.worker._fresh_from.pop(tp, None)
         self.worker.assigned = frozenset(tp.partition for tp in assigned)
         log.info(
             "worker %s assigned work partitions %s",
@@ -147,7 +159,13 @@ class Worker:
         self.ready = asyncio.Event()
         self._topics = settings.topic_names()
         self._claims: dict[str, concurrent.futures.Future[list[Event]]] = {}
-        self._running: dict[str, tuple[WorkItem, int]] = {}
+        self._running: dict[str, _Job] = {}
+        """Task runs this worker claimed (or is claiming), by task run id."""
+        self._running_lock = threading.Lock()
+        self._fresh_from: dict[TopicPartition, int] = {}
+        """Per work partition, the first offset no earlier owner can have fetched."""
+        self._tail_live = False
+        self._tail_resuming: asyncio.Future[None] | None = None
         self._outbox = Outbox()
         self._offsets = OrderedOffsets()
         self._in_flight = 0
@@ -162,6 +180,9 @@ class Worker:
         self._handoff_lock = threading.Lock()
         self._handoff_scheduled = False
         self._id_prefix = f"{self.identity.id}:{uuid.uuid4().hex[:12]}:"
+        self._tail: AIOKafkaConsumer | None = None
+        self._tail_partitions: list[TopicPartition] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
 
     # ----- the loop ------------------------------------------------------------------
@@ -184,7 +205,7 @@ class Worker:
                 topic = self._topics[name]
                 self._partitions[name] = len(await producer.partitions_for(topic))
             await tail.start()
-            await self._position_tail(tail)  # before any claim can be sent
+            await self._assign_tail(tail)
             helpers = [
                 asyncio.create_task(self._tail_loop(tail), name="worker-ledger-tail"),
                 asyncio.create_task(self._outbox.run(producer), name="worker-sender"),
@@ -227,8 +248,9 @@ class Worker:
                 batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=free)
                 for tp, records in batch.items():
                     if self._offsets.owns(tp):
+                        floor = self._fresh_floor(consumer, tp, records)
                         for record in records:
-                            self._start(tp, record, pool)
+                            self._start(tp, record, pool, fresh=record.offset >= floor)
             await self._offsets.commit(consumer)
 
     async def _drain(self) -> None:
@@ -242,8 +264,33 @@ class Worker:
         if self._in_flight:
             log.warning("worker stopping with %d task runs still running", self._in_flight)
 
+    def _fresh_floor(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[bytes, bytes]],
+    ) -> int:
+        """The first offset of `tp` that no earlier owner of the partition can have fetched.
+
+        That is the high watermark of this worker's first fetch after the
+        assignment (exact on every broker, unlike ListOffsets here): an earlier
+        owner stopped fetching when the partition was revoked, before that fetch.
+        """
+        if self.settings.worker_await_claims:
+            return sys.maxsize
+        floor = self._fresh_from.get(tp)
+        if floor is None:
+            highwater = consumer.highwater(tp) or 0
+            floor = self._fresh_from[tp] = max(highwater, records[-1].offset + 1)
+        return floor
+
     def _start(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], pool: ThreadPoolExecutor
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[bytes, bytes],
+        pool: ThreadPoolExecutor,
+        *,
+        fresh: bool,
     ) -> None:
         assert self._loop is not None
         self.stats.received += 1
@@ -254,7 +301,7 @@ class Worker:
         else:  # a work record from elsewhere: where the default partitioner puts the run
             key = record.key or b""
             partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
-        job = _Job(record, partition, entry)
+        job = _Job(record, partition, entry, fresh)
         self._in_flight += 1
         future = pool.submit(self._execute, job)
         # Called in the task thread (or here, if cancelled): handed to the loop.
@@ -345,26 +392,39 @@ class Worker:
             self._remember_cache(flow, work.slug, final)
             self.stats.executed += 1
         finally:
-            self._running.pop(work.task_run_id, None)
+            with self._running_lock:
+                if self._running.get(work.task_run_id) is job:
+                    del self._running[work.task_run_id]
 
-    def _submit(self, job: _Job, command: Command) -> list[Event]:
-        """`execute_work`'s submit: a Running claim blocks until the ledger answers."""
-        assert job.work is not None
-        waiter: concurrent.futures.Future[list[Event]] | None = None
+    def _submit(self, job: _Job, command: Command) -> list[Event] | None:
+        """`execute_work`'s submit; a Running claim may wait for the ledger's answer."""
         if isinstance(command, TransitionProposed):
             self.stats.proposals += 1
             if command.state.get("type") == "Running":
-                waiter = concurrent.futures.Future()
-                self._claims[command.event_id] = waiter  # before sending: never miss the answer
+                return self._claim(job, command)
         self._post(job, self._topics["commands"], job.partition, command)
-        if waiter is None:
-            return []
+        return []
+
+    def _claim(self, job: _Job, command: TransitionProposed) -> list[Event] | None:
+        assert job.work is not None
+        run_id = job.work.task_run_id
+        with self._running_lock:
+            duplicate = run_id in self._running  # a copy of this item runs here already
+            if not duplicate:
+                self._running[run_id] = job  # heartbeats start with the claim
+        if job.fresh and not duplicate:
+            self.stats.claims_unawaited += 1
+            self._post(job, self._topics["commands"], job.partition, command)
+            return None
+        waiter: concurrent.futures.Future[list[Event]] = concurrent.futures.Future()
+        self._claims[command.event_id] = waiter  # before sending: never miss the answer
+        record = self._outgoing(self._topics["commands"], job.partition, command)
+        self._hand_over(self._send_awaited_claim, job, record)
         facts = self._await_claim(command.event_id, waiter)
         if any(
             isinstance(f, TaskRunTransitioned) and f.state.get("type") == "Running" for f in facts
         ):
             self.stats.claims_accepted += 1
-            self._running[job.work.task_run_id] = (job.work, job.partition)
         else:
             self.stats.claims_refused += 1
         return facts
@@ -381,8 +441,11 @@ class Worker:
                     return []  # stopping: unclaimed, the body does not run here
 
     def _post(self, job: _Job | None, topic: str, partition: int, event: Event) -> None:
-        record = Outgoing(topic, partition, event.flow_run_id.encode(), encode(event))
-        self._hand_over(self._enqueue, job, record)
+        self._hand_over(self._enqueue, job, self._outgoing(topic, partition, event))
+
+    @staticmethod
+    def _outgoing(topic: str, partition: int, event: Event) -> Outgoing:
+        return Outgoing(topic, partition, event.flow_run_id.encode(), encode(event))
 
     def _next_id(self) -> str:
         # A random token per process (a restarted worker may reuse its name) and a
@@ -437,23 +500,60 @@ class Worker:
         if job is not None and ack is not None:
             job.sends.append(ack)
 
-    async def _position_tail(self, tail: AIOKafkaConsumer) -> None:
+    def _send_awaited_claim(self, job: _Job, record: Outgoing) -> None:
+        if self._tail_live:
+            self._enqueue(job, record)
+            return
+        task = asyncio.get_running_loop().create_task(self._send_after_tail(job, record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_after_tail(self, job: _Job, record: Outgoing) -> None:
+        if self._tail_resuming is None:
+            self._tail_resuming = asyncio.ensure_future(self._resume_tail())
+        await asyncio.shield(self._tail_resuming)
+        self._enqueue(job, record)
+
+    async def _assign_tail(self, tail: AIOKafkaConsumer) -> None:
+        self._tail = tail
         topic = self._topics["ledger"]
         await tail.topics()  # metadata, so the partitions are known
-        tps = [TopicPartition(topic, p) for p in sorted(tail.partitions_for_topic(topic) or ())]
-        tail.assign(tps)
-        await tail.seek_to_end(*tps)
-        for tp in tps:
-            # Resolve the position now: a lazy seek could skip an answer that lands
-            # before the first fetch. (On Tansu the "end" may be a little early, which
-            # only means reading a few old facts.)
-            await tail.position(tp)
+        self._tail_partitions = [
+            TopicPartition(topic, p) for p in sorted(tail.partitions_for_topic(topic) or ())
+        ]
+        tail.assign(self._tail_partitions)
+        tail.pause(*self._tail_partitions)  # until a claim is awaited
+
+    async def _resume_tail(self) -> None:
+        """Read the ledger from its end on: called before an awaited claim is sent."""
+        tail, tps = self._tail, self._tail_partitions
+        assert tail is not None
+        try:
+            while True:
+                try:
+                    await tail.seek_to_end(*tps)
+                    for tp in tps:
+                        # Resolve the position now: a lazy seek could skip an answer
+                        # that lands before the first fetch. (On Tansu the "end" may be
+                        # a little early, which only means reading a few old facts.)
+                        await tail.position(tp)
+                    break
+                except KafkaError as exc:
+                    log.warning("could not position the ledger tail, retrying: %r", exc)
+                    await asyncio.sleep(_CLAIM_POLL_S)
+            tail.resume(*tps)
+            self._tail_live = True
+        finally:
+            self._tail_resuming = None
 
     async def _tail_loop(self, tail: AIOKafkaConsumer) -> None:
         while True:
             batch = await tail.getmany(timeout_ms=_POLL_MS, max_records=10_000)
             if not self._claims:
-                continue  # fetched before any pending claim was sent: no answer inside
+                if self._tail_live and self._tail_resuming is None:
+                    tail.pause(*self._tail_partitions)  # nothing awaited: stop fetching
+                    self._tail_live = False
+                continue
             for records in batch.values():
                 for record in records:
                     command_id = header(record.headers, HEADER_COMMAND)
@@ -470,7 +570,9 @@ class Worker:
         commands = self._topics["commands"]
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-            for task_run_id, (work, partition) in list(self._running.items()):
+            for task_run_id, job in list(self._running.items()):
+                work, partition = job.work, job.partition
+                assert work is not None
                 beat = HeartbeatSent(
                     event_id=self._next_id(),
                     flow_run_id=work.flow_run_id,

@@ -262,6 +262,15 @@ def _proposal_problem(
     problem = blobs.state_problem(command.state)
     if problem is not None:
         return problem
+    claimer = record.claimed_by
+    worker = command.cause.worker
+    if record.state_type == "Running" and claimer is not None and (
+        worker is None or worker.id != claimer
+    ):
+        # A worker that ran a duplicate of the work item without waiting for its
+        # claim's answer: only the claimer's outcome may end the attempt.
+        proposer = worker.id if worker is not None else "no worker"
+        return f"task run {record.task_run_id} is claimed by {claimer}, not {proposer}"
     assert new_type is not None
     if not allowed(record.state_type, new_type):
         return f"illegal transition {record.state_type} -> {new_type}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import fields
+from datetime import datetime
 from typing import Any
 
 from engine.orchestration.rules import FINISHED, RUNNING, SCHEDULED
@@ -144,8 +145,15 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
         return
     state = event.state
     new_type: str = state["type"]
-    # A claim counts as the first heartbeat of its attempt.
-    beat = event.occurred_at if new_type == "Running" else (old.last_heartbeat if old else None)
+    # A claim counts as the first heartbeat of its attempt, and names the claimer.
+    beat: datetime | None
+    if new_type == "Running":
+        beat = event.occurred_at
+        worker = event.cause.worker
+        claimer = worker.id if worker is not None else None
+    else:
+        beat = old.last_heartbeat if old else None
+        claimer = old.claimed_by if old else None
     record = TaskRunRecord(
         run_id,
         slug,
@@ -156,6 +164,7 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
         event.attempt,
         event.final,
         beat,
+        claimer,
     )
     was_finished = old is not None and old.rests_finished
     now_finished = event.final and new_type in FINISHED

@@ -40,6 +40,9 @@ class TaskRunRecord(NamedTuple):
     final: bool = True
     """False while the run only passes through this state (a Failed before its Retrying)."""
     last_heartbeat: datetime | None = None
+    claimed_by: str | None = None
+    """Id of the worker whose Running claim the ledger accepted last: while the
+    run is Running only that worker may propose its next state."""
 
     @property
     def rests_finished(self) -> bool:

@@ -21,6 +21,7 @@ from events import (
     HeartbeatRecorded,
     TaskRunTransitioned,
     TransitionProposed,
+    TransitionRejected,
     WorkDispatched,
     decode,
 )
@@ -89,36 +90,85 @@ def test_a_flow_the_worker_cannot_load_fails_its_task_run_without_running_it(
     assert "cannot load flow" in mine[0].reason
 
 
-def test_a_redelivered_work_item_is_refused_and_its_body_does_not_run_again(
+def test_a_resent_work_record_of_a_finished_run_changes_nothing_on_the_ledger(
     roles: RolesThread, tmp_path: Path
 ) -> None:
-    """Re-sending a finished run's work record: the claim is refused, the body runs once."""
+    """A fresh copy of a finished run's work record: its claim and outcome are refused.
+
+    Written after the worker's first fetch, the copy is not a redelivery, so the
+    worker runs it without waiting for the claim's answer (docs/architecture.md);
+    the ledger refuses both of its proposals, and no task run changes.
+    """
     out = tmp_path / "runs"
     out.mkdir()
     request = run_request("tests.integration.flows.mapping:flow", {"n": 3, "out_dir": str(out)})
     roles.send(request)
-    assert roles.wait_view(request.flow_run_id).flow_state_type == "Success"
-    assert roles.app is not None
-    assert roles.app.worker is not None
-    refused_before = roles.app.worker.stats.claims_refused
-    work = [
+    finished = roles.wait_view(request.flow_run_id)
+    assert finished.flow_state_type == "Success"
+    child = next(
         r
         for r in roles.records("work")
         if (r.key or b"").startswith(request.flow_run_id.encode())
+        and (r.key or b"").endswith(b"/1")
         and isinstance(decode(r.value or b""), WorkDispatched)
-    ]
-    child = next(r for r in work if (r.key or b"").endswith(b"/1"))
-    roles.send_raw("work", child.value or b"", child.key)
-    roles.send_raw("work", child.value or b"", child.key)
-    deadline_view = roles.wait_view(
-        request.flow_run_id,
-        lambda v: roles.app.worker.stats.claims_refused >= refused_before + 2,  # type: ignore[union-attr]
     )
-    assert deadline_view.flow_state_type == "Success"
+    roles.send_raw("work", child.value or b"", child.key)
+    roles.send_raw("work", child.value or b"", child.key)
+
+    def refusals() -> list[TransitionRejected]:
+        return [
+            e for e in roles.events_of(request.flow_run_id) if isinstance(e, TransitionRejected)
+        ]
+
+    deadline = time.monotonic() + 15
+    while len(refusals()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.proposed["type"] for r in refusals() if r.proposed] == [
+        "Running", "Success", "Running", "Success",
+    ]
+    assert {r.reason for r in refusals()} == {
+        f"flow run {request.flow_run_id} is already Success"
+    }
+    assert roles.ledger_views[request.flow_run_id].task_runs == finished.task_runs
+    assert roles.fold_of(request.flow_run_id) == roles.ledger_views[request.flow_run_id]
+    assert [len((out / f"{i}.runs").read_text().splitlines()) for i in (0, 2)] == [1, 1]
+
+
+def test_redelivered_work_is_claimed_first_and_finished_runs_do_not_run_again(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """A worker that re-reads work another worker did waits for every claim's answer.
+
+    A second worker group reads the work topic from its start, as a group that
+    lost its commits would: everything it fetches first after its assignment may
+    have been started before, so no body runs until the ledger accepts its claim,
+    and the ledger refuses every one of them (the runs are finished).
+    """
+    out = tmp_path / "runs"
+    out.mkdir()
+    request = run_request("tests.integration.flows.mapping:flow", {"n": 3, "out_dir": str(out)})
+    with RolesThread(kafka_settings, {"ledger", "worker"}) as first:
+        first.send(request)
+        assert first.wait_view(request.flow_run_id).flow_state_type == "Success"
+        dispatched = sum(
+            (r.key or b"").startswith(request.flow_run_id.encode()) for r in first.records("work")
+        )
+        late_app = f"{kafka_settings.app_id}-late"
+        late_settings = kafka_settings.model_copy(update={"app_id": late_app})
+        with RolesThread(late_settings, {"worker"}) as late:
+            assert late.app is not None
+            assert late.app.worker is not None
+            stats = late.app.worker.stats
+            deadline = time.monotonic() + 20
+            while stats.executed < dispatched and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # Every item but the Mapped parent claims (a parent runs no body: it
+            # proposes Mapped directly), and every claim was awaited and refused.
+            assert (stats.claims_refused, stats.claims_accepted, stats.claims_unawaited) == (
+                dispatched - 1, 0, 0,
+            )
     assert sorted(p.name for p in out.iterdir()) == ["0.runs", "1.runs", "2.runs"]
     assert all(len(p.read_text().splitlines()) == 1 for p in out.iterdir())
-    # The refusals are on the record, and change no task run.
-    assert roles.fold_of(request.flow_run_id) == roles.ledger_views[request.flow_run_id]
 
 
 def test_heartbeats_are_recorded_while_a_body_runs(roles: RolesThread, tmp_path: Path) -> None:

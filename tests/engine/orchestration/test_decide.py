@@ -141,6 +141,7 @@ class Ledger:
         final: bool = True,
         expected_seq: int | None = None,
         attempt: int | None = None,
+        worker: WorkerIdentity | None = WORKER,
     ) -> TransitionProposed:
         record = self.view.record(slug, map_index)
         return TransitionProposed(
@@ -150,7 +151,7 @@ class Ledger:
             task_run_id=run_id(slug, map_index),
             task_slug=slug,
             map_index=map_index,
-            cause=Cause(worker=WORKER),
+            cause=Cause(worker=worker),
             expected_seq=expected_seq
             if expected_seq is not None
             else (record.seq if record else 0),
@@ -416,6 +417,26 @@ def test_a_claim_for_another_attempt_is_rejected() -> None:
     assert reasons(ledger.propose("a", Running(), attempt=2)) == [
         "claim for attempt 2 but the ledger dispatched attempt 1"
     ]
+
+
+def test_while_a_run_is_running_only_its_claimer_may_end_it() -> None:
+    """A duplicate's outcome from another worker is refused, even with the right seq.
+
+    Workers run fresh work without awaiting their claim's answer; when a duplicate
+    loses the claim race, its outcome must not end the winner's attempt.
+    """
+    ledger = Ledger(chain())
+    ledger.propose("a", Running(), final=False)
+    other = WorkerIdentity(id="w2", host="host", pid=2)
+    assert ledger.record("a").claimed_by == WORKER.id
+    assert reasons(ledger.propose("a", Success(result=2), worker=other)) == [
+        f"task run {run_id('a')} is claimed by w1, not w2"
+    ]
+    assert reasons(ledger.propose("a", Success(result=2), worker=None)) == [
+        f"task run {run_id('a')} is claimed by w1, not no worker"
+    ]
+    assert reasons(ledger.propose("a", Success(result=1))) == []
+    assert ledger.record("a").state_type == "Success"
 
 
 def test_proposals_to_a_finished_flow_run_are_rejected() -> None:
