@@ -47,6 +47,29 @@ from services.topics import ensure_topics  # noqa: E402
 FETCH_WAIT_MS = 5
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per named process between `start` and `stop`."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.started: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        self.used = {
+            name: cpu_seconds(pid) - self.started[name] for name, pid in self.pids.items()
+        }
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -114,7 +137,10 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
 
 
 @contextmanager
-def services(settings: Settings, workers: int, concurrency: int, logdir: Path) -> Iterator[None]:
+def services(
+    settings: Settings, workers: int, concurrency: int, logdir: Path
+) -> Iterator[dict[str, int]]:
+    """Start a ledger and `workers` worker processes; yields their pids by name."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -138,7 +164,10 @@ def services(settings: Settings, workers: int, concurrency: int, logdir: Path) -
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                 )
             )
-        yield
+        yield {
+            ("ledger" if i == 0 else f"worker-{i}"): process.pid
+            for i, process in enumerate(processes)
+        }
     finally:
         for process in processes:
             if process.poll() is None:
@@ -210,7 +239,9 @@ def run_request(path: str, parameters: Mapping[str, object]) -> RunRequested:
     )
 
 
-async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[str, object]:
+async def measure_services(
+    settings: Settings, inputs: int, runs: int, meter: CpuMeter
+) -> dict[str, object]:
     producer = AIOKafkaProducer(bootstrap_servers=settings.brokers, linger_ms=0)
     await producer.start()
     subscriber = Subscriber(settings)
@@ -230,8 +261,10 @@ async def measure_services(settings: Settings, inputs: int, runs: int) -> dict[s
         await subscriber.wait(warm.flow_run_id, timeout=120)
 
     big = run_request("tests.integration.flows.mapping:trivial_map", {"n": inputs})
+    meter.start()
     sent = await submit(big)
     done, state = await subscriber.wait(big.flow_run_id, timeout=600)
+    meter.stop()
     elapsed = done - sent
     task_runs = inputs + 3  # the children, the Mapped parent, make_inputs and the parameter
 
@@ -271,8 +304,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 session_timeout_ms=3000,
             )
             await ensure_topics(settings)
-            with services(settings, args.workers, args.concurrency, workdir):
-                figures = await measure_services(settings, args.inputs, args.runs)
+            with services(settings, args.workers, args.concurrency, workdir) as pids:
+                assert broker.pid is not None
+                meter = CpuMeter({**pids, "broker": broker.pid, "bench (client)": os.getpid()})
+                figures = await measure_services(settings, args.inputs, args.runs, meter)
             print(
                 f"services ({args.workers} worker process(es) x {args.concurrency} threads, "
                 f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
@@ -280,6 +315,12 @@ async def main_async(args: argparse.Namespace) -> None:
             for name, figure in figures.items():
                 shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
                 print(f"  {name:<24} {shown}")
+            task_runs = args.inputs + 3
+            print(f"CPU during the map (ms per task run; {os.cpu_count()} cores):")
+            for name, used in meter.used.items():
+                print(f"  {name:<24} {used * 1000 / task_runs:>12.3f}")
+            total = sum(meter.used.values()) * 1000 / task_runs
+            print(f"  {'all':<24} {total:>12.3f}")
 
 
 def main() -> None:

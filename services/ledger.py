@@ -79,6 +79,10 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_MS = 100
 """Longest wait for commands before the loop looks at the stop flag and the timers."""
 
+_SEND_CHUNK = 2_000
+"""Facts encoded and queued at a time: a map's expansion (three facts and a work
+item per child) then reaches the workers while the rest is still being encoded."""
+
 
 @dataclass
 class LedgerStats:
@@ -138,7 +142,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class _Batch:
     """What one batch of commands produces, sent together before the commit."""
 
+    facts: list[tuple[Event, int, bytes, bytes]] = field(default_factory=list)
+    """(fact, ledger partition, key, id of the command it answers): encoded at send."""
     records: list[Outgoing] = field(default_factory=list)
+    """Records produced as they are (commands moved to their partition)."""
     dead: list[Event] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
 
@@ -299,8 +306,10 @@ class Ledger:
             self._dead_letter(out, record, str(exc))
             return
         flow_run_id = command.flow_run_id
-        expected = partition_for(flow_run_id, self._command_partitions)
-        if record.partition != expected and flow_run_id not in self.home:
+        home = self.home.get(flow_run_id)
+        # murmur2 is pure Python (~60 us): only a run without a home needs it.
+        expected = partition_for(flow_run_id, self._command_partitions) if home is None else home
+        if record.partition != expected and home is None:
             # Written with another partitioner (librdkafka defaults to CRC32): move the
             # record, unchanged, to the partition murmur2 gives, where every other
             # command of the run (workers, the Python client) will go.
@@ -310,7 +319,6 @@ class Ledger:
                 )
             )
             return
-        home = self.home.get(flow_run_id)
         if home is not None and home != record.partition:
             self._dead_letter(
                 out,
@@ -350,14 +358,20 @@ class Ledger:
         self.home[flow_run_id] = partition
         out.touched.add(flow_run_id)
         key = flow_run_id.encode()
-        command_header = [(HEADER_COMMAND, command_id.encode())]
+        command = command_id.encode()
+        out.facts.extend((fact, partition, key, command) for fact in facts)
+        self.stats.facts += len(facts)
+
+    def _encoded(self, facts: list[tuple[Event, int, bytes, bytes]]) -> list[Outgoing]:
+        """The records of `facts`: each on `ledger`, and a WorkDispatched also on `work`."""
         ledger, work = self._topics["ledger"], self._topics["work"]
-        for fact in facts:
+        records: list[Outgoing] = []
+        for fact, partition, key, command_id in facts:
             value = encode(fact)
-            out.records.append(Outgoing(ledger, partition, key, value, command_header))
+            records.append(Outgoing(ledger, partition, key, value, [(HEADER_COMMAND, command_id)]))
             if isinstance(fact, WorkDispatched):
                 work_key = fact.work.task_run_id.encode()
-                out.records.append(
+                records.append(
                     Outgoing(
                         work,
                         spread(work_key, self._work_partitions),
@@ -366,7 +380,7 @@ class Ledger:
                         [(HEADER_PARTITION, str(partition).encode())],
                     )
                 )
-        self.stats.facts += len(facts)
+        return records
 
     async def _send(
         self,
@@ -376,6 +390,11 @@ class Ledger:
     ) -> None:
         """Queue the batch's records; the pipeline commits `offsets` once they are acked."""
         futures = await send_records(producer, out.records)
+        for start in range(0, len(out.facts), _SEND_CHUNK):
+            if start:
+                await asyncio.sleep(0)  # the producer ships the last chunk meanwhile
+            chunk = out.facts[start : start + _SEND_CHUNK]
+            futures.extend(await send_records(producer, self._encoded(chunk)))
         for dead in out.dead:
             futures.append(
                 await producer.send(

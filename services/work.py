@@ -3,19 +3,22 @@
 * `decode_work`: the WorkItem of a `work` record (a `work_dispatched` fact as the
   ledger writes it, or a bare WorkItem object as docs/events.md allows).
 * `Outbox`: records handed over by task threads (through the event loop) and sent
-  in batches; each tracked record gets an ack future that resolves to None or to
-  the send error once the broker answered.
+  in batches; a record may carry a callback that gets None or the send error
+  once the broker answered.
+* `TaskThreads`: a fixed set of threads taking jobs from one queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,11 +27,14 @@ from pydantic import ValidationError
 from events import MalformedEvent, WorkDispatched, WorkItem, decode
 from services.roles import Outgoing, send_records
 
-__all__ = ["Ack", "OrderedOffsets", "Outbox", "Pending", "decode_work"]
+__all__ = ["OnAck", "OrderedOffsets", "Outbox", "Pending", "TaskThreads", "decode_work"]
 
 log = logging.getLogger(__name__)
 
-Ack = asyncio.Future[BaseException | None]
+OnAck = Callable[[BaseException | None], None]
+"""Told None once the broker acknowledged a record, or the error that lost it."""
+
+J = TypeVar("J")
 
 
 def decode_work(value: bytes | None) -> WorkItem:
@@ -49,15 +55,13 @@ class Outbox:
     """Records to produce, collected on the event loop and sent in batches."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[Outgoing, Ack | None]] = []
+        self._items: list[tuple[Outgoing, OnAck | None]] = []
         self._ready = asyncio.Event()
 
-    def put(self, record: Outgoing, *, tracked: bool = True) -> Ack | None:
-        """Queue `record` (call on the loop); its ack future when `tracked`."""
-        ack: Ack | None = asyncio.get_running_loop().create_future() if tracked else None
-        self._items.append((record, ack))
+    def put(self, record: Outgoing, on_ack: OnAck | None = None) -> None:
+        """Queue `record` (call on the loop); `on_ack` hears how its send ended."""
+        self._items.append((record, on_ack))
         self._ready.set()
-        return ack
 
     async def run(self, producer: AIOKafkaProducer) -> None:
         """Send whatever is queued, as often as something is: runs until cancelled."""
@@ -65,15 +69,61 @@ class Outbox:
             await self._ready.wait()
             self._ready.clear()
             items, self._items = self._items, []
-            acks = [ack for _, ack in items if ack is not None]
+            callbacks = [on_ack for _, on_ack in items if on_ack is not None]
             try:
                 futures = await send_records(producer, [record for record, _ in items])
             except Exception as exc:
                 log.exception("could not queue %d records", len(items))
-                _settle(acks, exc)
+                _settle(callbacks, exc)
                 continue
+            # One gather per batch (not a future per record): it also retrieves
+            # the errors of records nobody tracks (heartbeats).
             done = asyncio.gather(*futures)
-            done.add_done_callback(partial(_settle_from, acks))
+            done.add_done_callback(partial(_settle_from, callbacks))
+
+
+class TaskThreads(Generic[J]):
+    """`threads` daemon threads running `run(job)` for each submitted job, in order.
+
+    Lighter than a ThreadPoolExecutor for many tiny jobs: no Future (and its
+    Condition) per job, no done-callbacks; `run` reports its own outcome. On
+    `stop`, jobs not started yet are handed back, and every thread ends after
+    the job it is running.
+    """
+
+    def __init__(self, threads: int, run: Callable[[J], None], name: str) -> None:
+        self._run = run
+        self._queue: queue.SimpleQueue[J | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: J) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> list[J]:
+        """End the threads; the jobs that never started."""
+        unstarted: list[J] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                unstarted.append(job)
+        for _ in self._threads:
+            self._queue.put(None)
+        return unstarted
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._run(job)
+            except BaseException:  # run reports its own failures; never lose a thread
+                log.exception("a task thread's job raised")
 
 
 @dataclass(eq=False)
@@ -130,16 +180,13 @@ class OrderedOffsets:
             self.committed.update({tp.partition: offset for tp, offset in offsets.items()})
 
 
-def _settle(acks: list[Ack], error: BaseException | None) -> None:
-    # Errors are results, not exceptions: a heartbeat's ack has no reader, and an
-    # unread future exception would only be logged as "never retrieved".
-    for ack in acks:
-        if not ack.done():
-            ack.set_result(error)
+def _settle(callbacks: list[OnAck], error: BaseException | None) -> None:
+    for on_ack in callbacks:
+        on_ack(error)
 
 
-def _settle_from(
-    acks: list[Ack], done: asyncio.Future[Any]
-) -> None:
-    error = None if done.cancelled() else done.exception()
-    _settle(acks, error)
+def _settle_from(callbacks: list[OnAck], done: asyncio.Future[Any]) -> None:
+    error: BaseException | None = (
+        asyncio.CancelledError() if done.cancelled() else done.exception()
+    )
+    _settle(callbacks, error)

@@ -1,7 +1,7 @@
 """The worker role: run dispatched task runs, claiming each attempt first.
 
-Work records (`work` topic, consumer group ``{app_id}-workers``) go to a bounded
-ThreadPoolExecutor that runs `engine.worker_core.execute_work` -- the same code
+Work records (`work` topic, consumer group ``{app_id}-workers``) go to a fixed
+set of task threads that run `engine.worker_core.execute_work` -- the same code
 the local runner uses. What is Kafka-specific lives here:
 
 * **Claims.** `execute_work` proposes Running before the body runs. A work
@@ -37,8 +37,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -74,7 +73,7 @@ from services.roles import (
     role_identity,
 )
 from services.settings import Settings
-from services.work import Ack, OrderedOffsets, Outbox, Pending, decode_work
+from services.work import OrderedOffsets, Outbox, Pending, TaskThreads, decode_work
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -110,8 +109,12 @@ class _Job:
     offset: Pending
     fresh: bool = False
     """Written after this worker's first fetch of the partition: nobody else had it."""
-    sends: list[Ack] = field(default_factory=list)
     work: WorkItem | None = None
+    unacked: int = 0
+    """Records of this job queued but not acknowledged by the broker yet."""
+    finished: bool = False
+    """The task thread is done with it (every record it makes is queued)."""
+    settled: bool = False
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -197,7 +200,7 @@ class Worker:
         producer = make_producer(self.settings, linger_ms=0)  # batched in _send_loop
         tail = make_consumer(self.settings, group_id=None)
         consumer = make_consumer(self.settings, group_id=f"{self.settings.app_id}-workers")
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="runledger-task")
+        threads = TaskThreads(self.concurrency, self._run_job, "runledger-task")
         helpers: list[asyncio.Task[None]] = []
         await producer.start()
         try:
@@ -213,9 +216,10 @@ class Worker:
             ]
             await consumer.start()
             consumer.subscribe([self._topics["work"]], listener=_Rebalance(self, consumer))
-            await self._work_loop(consumer, pool, stop, helpers)
+            await self._work_loop(consumer, threads, stop, helpers)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # queued work is re-delivered
+            for job in threads.stop():  # never started: re-delivered to the next owner
+                self._release(job)
             await self._drain()
             with contextlib.suppress(KafkaError):
                 await self._offsets.commit(consumer)
@@ -229,7 +233,7 @@ class Worker:
     async def _work_loop(
         self,
         consumer: AIOKafkaConsumer,
-        pool: ThreadPoolExecutor,
+        threads: TaskThreads[_Job],
         stop: asyncio.Event,
         helpers: list[asyncio.Task[None]],
     ) -> None:
@@ -250,7 +254,7 @@ class Worker:
                     if self._offsets.owns(tp):
                         floor = self._fresh_floor(consumer, tp, records)
                         for record in records:
-                            self._start(tp, record, pool, fresh=record.offset >= floor)
+                            self._start(tp, record, threads, fresh=record.offset >= floor)
             await self._offsets.commit(consumer)
 
     async def _drain(self) -> None:
@@ -288,7 +292,7 @@ class Worker:
         self,
         tp: TopicPartition,
         record: ConsumerRecord[bytes, bytes],
-        pool: ThreadPoolExecutor,
+        threads: TaskThreads[_Job],
         *,
         fresh: bool,
     ) -> None:
@@ -303,15 +307,7 @@ class Worker:
             partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
         job = _Job(record, partition, entry, fresh)
         self._in_flight += 1
-        future = pool.submit(self._execute, job)
-        # Called in the task thread (or here, if cancelled): handed to the loop.
-        future.add_done_callback(partial(self._job_done, job))
-
-    def _job_done(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
-        self._hand_over(self._complete_soon, job, future)
-
-    def _complete_soon(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
-        asyncio.get_running_loop().create_task(self._complete(job, future))
+        threads.submit(job)
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
         """Run `callback(*args)` on the event loop; callable from any thread.
@@ -338,20 +334,30 @@ class Worker:
             callback, args = handoff.popleft()
             callback(*args)
 
-    async def _complete(self, job: _Job, future: concurrent.futures.Future[None]) -> None:
-        try:
-            if future.cancelled():
-                return  # never started (stopping): the offset stays uncommitted
-            error = future.exception()
-            if error is not None:
-                log.error("task run job failed: %r", error, exc_info=error)
-            for outcome in await asyncio.gather(*job.sends):
-                if outcome is not None:
-                    log.error("a proposal of %s was not produced: %r", job.record.key, outcome)
+    # A job's offset may be committed once its thread finished and the broker
+    # acknowledged every record it made; both events arrive on the loop.
+
+    def _finished(self, job: _Job) -> None:
+        job.finished = True
+        if not job.unacked:
+            self._settle(job)
+
+    def _acked(self, job: _Job, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("a record of work %s was not produced: %r", job.record.key, error)
+        job.unacked -= 1
+        if job.finished and not job.unacked:
+            self._settle(job)
+
+    def _settle(self, job: _Job) -> None:
+        if not job.settled:
             job.offset.done = True
-        finally:
-            self._in_flight -= 1
-            self._slot_free.set()
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        job.settled = True
+        self._in_flight -= 1
+        self._slot_free.set()
 
     @property
     def committed(self) -> dict[int, int]:
@@ -359,6 +365,14 @@ class Worker:
         return self._offsets.committed
 
     # ----- in a task thread ----------------------------------------------------------
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            self._execute(job)
+        except BaseException as exc:
+            log.error("task run job failed: %r", exc, exc_info=exc)
+        finally:
+            self._hand_over(self._finished, job)
 
     def _execute(self, job: _Job) -> None:
         try:
@@ -496,9 +510,11 @@ class Worker:
     # ----- on the event loop ---------------------------------------------------------
 
     def _enqueue(self, job: _Job | None, record: Outgoing) -> None:
-        ack = self._outbox.put(record, tracked=job is not None)
-        if job is not None and ack is not None:
-            job.sends.append(ack)
+        if job is None:
+            self._outbox.put(record)
+            return
+        job.unacked += 1
+        self._outbox.put(record, partial(self._acked, job))
 
     def _send_awaited_claim(self, job: _Job, record: Outgoing) -> None:
         if self._tail_live:

@@ -38,29 +38,29 @@ def test_the_first_fetch_after_an_assignment_is_all_possible_redeliveries(tmp_pa
     """Records fetched first may have been fetched by an earlier owner; later ones not."""
     w = worker(tmp_path)
     consumer = FakeConsumer(highwater=12)
-    floor = w._fresh_floor(consumer, TP, records(7, 8, 9))  # type: ignore[arg-type]
+    floor = w._fresh_floor(consumer, TP, records(7, 8, 9))
     assert floor == 12
     assert [o >= floor for o in (7, 8, 9)] == [False, False, False]
     consumer.highwater_of = 20  # later fetches do not move the floor
-    assert w._fresh_floor(consumer, TP, records(12, 13)) == 12  # type: ignore[arg-type]
+    assert w._fresh_floor(consumer, TP, records(12, 13)) == 12
 
 
 def test_the_floor_is_past_the_first_batch_even_if_the_watermark_is_unknown(
     tmp_path: Path,
 ) -> None:
     w = worker(tmp_path)
-    assert w._fresh_floor(FakeConsumer(highwater=0), TP, records(3, 4)) == 5  # type: ignore[arg-type]
+    assert w._fresh_floor(FakeConsumer(highwater=0), TP, records(3, 4)) == 5
 
 
 def test_a_new_assignment_measures_the_floor_anew(tmp_path: Path) -> None:
     w = worker(tmp_path)
-    w._fresh_floor(FakeConsumer(highwater=12), TP, records(7))  # type: ignore[arg-type]
+    w._fresh_floor(FakeConsumer(highwater=12), TP, records(7))
     listener = _Rebalance(w, None)
     asyncio.run(listener.on_partitions_assigned([TP]))
-    assert w._fresh_floor(FakeConsumer(highwater=30), TP, records(25)) == 30  # type: ignore[arg-type]
+    assert w._fresh_floor(FakeConsumer(highwater=30), TP, records(25)) == 30
 
 
 def test_with_worker_await_claims_no_record_is_fresh(tmp_path: Path) -> None:
     w = worker(tmp_path, worker_await_claims=True)
-    floor = w._fresh_floor(FakeConsumer(highwater=1), TP, records(0))  # type: ignore[arg-type]
+    floor = w._fresh_floor(FakeConsumer(highwater=1), TP, records(0))
     assert floor > 10**12
