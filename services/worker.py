@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 _POLL_MS = 100
 _CLAIM_POLL_S = 0.2
 _SWITCH_INTERVAL_S = 0.0005
+_COMMIT_INTERVAL_S = 0.05
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
 
@@ -237,25 +238,35 @@ class Worker:
         stop: asyncio.Event,
         helpers: list[asyncio.Task[None]],
     ) -> None:
-        capacity = self.concurrency * 2  # a little prefetch: threads never wait for a fetch
+        # Up to one queued job per thread besides the running ones, so threads never
+        # wait for a fetch; refilled once a thread's worth is free, so each fetch
+        # hands over a batch rather than a record per finished job.
+        capacity = self.concurrency * 2
+        loop = asyncio.get_running_loop()
+        last_commit = loop.time()
         while not stop.is_set():
             for task in helpers:
                 if task.done():  # a helper died: stop rather than stall silently
                     task.result()
                     raise RuntimeError(f"worker helper {task.get_name()} stopped")
-            free = capacity - self._in_flight
-            if free <= 0:
+            idle = False
+            if self._in_flight > self.concurrency:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_free.wait(), _POLL_MS / 1000)
             else:
+                free = capacity - self._in_flight
                 batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=free)
+                idle = not batch
                 for tp, records in batch.items():
                     if self._offsets.owns(tp):
                         floor = self._fresh_floor(consumer, tp, records)
                         for record in records:
                             self._start(tp, record, threads, fresh=record.offset >= floor)
-            await self._offsets.commit(consumer)
+            # A commit is a broker round trip: at most every _COMMIT_INTERVAL_S while busy.
+            if idle or loop.time() - last_commit >= _COMMIT_INTERVAL_S:
+                await self._offsets.commit(consumer)
+                last_commit = loop.time()
 
     async def _drain(self) -> None:
         """Wait (bounded) for started jobs; then pending claims give up (ClientFailed)."""
