@@ -120,12 +120,16 @@ def test_a_resent_work_record_of_a_finished_run_changes_nothing_on_the_ledger(
             e for e in roles.events_of(request.flow_run_id) if isinstance(e, TransitionRejected)
         ]
 
+    def refused_claims() -> int:
+        return sum(1 for r in refusals() if r.proposed and r.proposed["type"] == "Running")
+
     deadline = time.monotonic() + 15
-    while len(refusals()) < 4 and time.monotonic() < deadline:
+    while refused_claims() < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [r.proposed["type"] for r in refusals() if r.proposed] == [
-        "Running", "Success", "Running", "Success",
-    ]
+    # Each copy's claim is refused; a copy that ran at once also proposed Success
+    # (refused too). The second copy may instead have waited for its claim's
+    # answer: the first one still held the run in this worker.
+    assert refused_claims() == 2
     assert {r.reason for r in refusals()} == {
         f"flow run {request.flow_run_id} is already Success"
     }
