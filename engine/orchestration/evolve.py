@@ -26,6 +26,7 @@ from events import (
 _FIELDS = tuple(f.name for f in fields(FlowRunView))
 _set = object.__setattr__
 _new = object.__new__
+_new_tuple = tuple.__new__
 
 
 class SequenceGap(ValueError):
@@ -158,8 +159,11 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
     map_index = event.map_index
     # A claim counts as the first heartbeat of its attempt.
     beat = event.occurred_at if new_type == "Running" else (old.last_heartbeat if old else None)
-    record = TaskRunRecord(
-        run_id, slug, map_index, seq or 0, state, new_type, event.attempt, final, beat
+    # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
+    # call, measurable at one record per fact. Every field is passed, in order.
+    record: TaskRunRecord = _new_tuple(
+        TaskRunRecord,
+        (run_id, slug, map_index, seq or 0, state, new_type, event.attempt, final, beat),
     )
     was_finished = old is not None and old.rests_finished
     now_finished = final and new_type in FINISHED
