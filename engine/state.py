@@ -154,8 +154,9 @@ class State:
     ) -> None:
         _set(self, "message", message)
         _set(self, "_result", _as_result(result))
-        _set(self, "context", _freeze(context))
-        _set(self, "cached_inputs", _freeze_inputs(cached_inputs))
+        # Most states have neither: skip the normalising calls for them.
+        _set(self, "context", _freeze(context) if context else _EMPTY)
+        _set(self, "cached_inputs", _freeze_inputs(cached_inputs) if cached_inputs else _EMPTY)
 
     # -- value semantics
 

@@ -96,9 +96,10 @@ class _Decision:
         self.command = command
         self.now = now
         self.events: list[Event] = []
-        self.cause = _make_cause(command.event_id, command.cause.worker)
-        self.id_prefix = f"{command.event_id}/"
-        self.inputs: InputCache = {}
+        command_id = command.event_id
+        self.cause = _make_cause(command_id, command.cause.worker)
+        self.id_prefix = f"{command_id}/"
+        self.inputs: InputCache | None = None
         """Upstream inputs shared by the work items of this command (see work_item)."""
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
@@ -112,6 +113,12 @@ class _Decision:
                 **fields,
             )
         )
+
+    def shared_inputs(self) -> InputCache:
+        """The upstream-input cache of this command, made at its first dispatch."""
+        if self.inputs is None:
+            self.inputs = {}
+        return self.inputs
 
     def next_event_id(self) -> str:
         """Fact ids derive from the command's: deterministic, and traceable to it."""
@@ -357,7 +364,7 @@ def _dispatch(d: _Decision, record: TaskRunRecord) -> None:
             record.slug,
             record.map_index,
             current.seq,
-            work_item(d.view, current, submitted, current.seq, attempt, d.inputs),
+            work_item(d.view, current, submitted, current.seq, attempt, d.shared_inputs()),
         )
     )
 

@@ -58,16 +58,19 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
     `decide` folds every fact it emits into one working copy this way, so a
     command costs one copy of the view rather than one per fact.
     """
-    if event.flow_run_id != view.flow_run_id:
+    # Events are pydantic models, whose __getattr__ hook makes every attribute read
+    # slow; the fold reads their field dict instead (see _task_run_transitioned).
+    fields = event.__dict__
+    if fields["flow_run_id"] != view.flow_run_id:
         raise ForeignEvent(
             f"event {event.event_id} belongs to flow run {event.flow_run_id}, "
             f"not {view.flow_run_id}"
         )
     # Only ever forward: a late redelivery of an old event must change nothing.
-    occurred, last = event.occurred_at, view.last_event_at
+    occurred, last = fields["occurred_at"], view.last_event_at
     if last is None or occurred > last:
         _set(view, "last_event_at", occurred)
-    command_id = event.cause.command_id
+    command_id = fields["cause"].__dict__["command_id"]
     if command_id is not None:
         processed = view.processed_commands
         if command_id not in processed:
@@ -142,28 +145,30 @@ def _set_many(view: FlowRunView, **values: Any) -> None:
 
 
 def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
-    # The fold's hottest function: it writes the private view copy directly, and
-    # reads each view field once (attribute reads add up at one call per fact).
+    # The fold's hottest function: it writes the private view copy directly, reads
+    # each view field once, and reads the event's fields from its __dict__ (a
+    # pydantic model's attribute reads go through its __getattr__ hook: slow).
     assert isinstance(event, TaskRunTransitioned)
-    run_id, slug = event.task_run_id, event.task_slug
+    fields = event.__dict__
+    run_id, slug = fields["task_run_id"], fields["task_slug"]
     if run_id is None or slug is None:
         raise ValueError(f"task_run_transitioned {event.event_id} lacks task_run_id/task_slug")
     task_runs = view.task_runs
     old = task_runs.get(run_id)
-    seq = event.seq
+    seq = fields["seq"]
     if not _check_seq(old.seq if old else 0, seq, "task run", run_id):
         return
-    state = event.state
+    state = fields["state"]
     new_type: str = state["type"]
-    final = event.final
-    map_index = event.map_index
+    final = fields["final"]
+    map_index = fields["map_index"]
     # A claim counts as the first heartbeat of its attempt.
-    beat = event.occurred_at if new_type == "Running" else (old.last_heartbeat if old else None)
+    beat = fields["occurred_at"] if new_type == "Running" else (old.last_heartbeat if old else None)
     # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
     # call, measurable at one record per fact. Every field is passed, in order.
     record: TaskRunRecord = _new_tuple(
         TaskRunRecord,
-        (run_id, slug, map_index, seq or 0, state, new_type, event.attempt, final, beat),
+        (run_id, slug, map_index, seq or 0, state, new_type, fields["attempt"], final, beat),
     )
     was_finished = old is not None and old.rests_finished
     now_finished = final and new_type in FINISHED
