@@ -103,9 +103,10 @@ class LocalLedger:
         self.clock = clock
         self.work: deque[WorkDispatched] = deque()
         self._ids = itertools.count()
+        self._id_prefix = f"{flow_run_id}:c"
 
     def next_id(self) -> str:
-        return f"{self.view.flow_run_id}:c{next(self._ids)}"
+        return f"{self._id_prefix}{next(self._ids)}"
 
     def submit(self, command: Command) -> list[Event]:
         # The ledger keeps no other reference to its view: decide may fold in place.
@@ -182,6 +183,10 @@ class FlowRunner:
         on_paused: OnPaused | None,
     ) -> RunOutcome:
         seen = 0
+
+        def current_view() -> FlowRunView:
+            return ledger.view
+
         while True:
             while ledger.work:
                 execute_work(
@@ -189,7 +194,7 @@ class FlowRunner:
                     flow=self.flow,
                     submit=ledger.submit,
                     next_id=ledger.next_id,
-                    view=lambda: ledger.view,
+                    view=current_view,
                     store=self.store,
                     clock=self.clock,
                     worker=self.worker,

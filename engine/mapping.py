@@ -81,6 +81,8 @@ def upstream_for_parent(upstream_states: Mapping[Edge, State]) -> dict[Edge, Sta
 
 def flattened(upstream_states: Mapping[Edge, State]) -> dict[Edge, State]:
     """Every flattened edge flattened: what children and non-mapped downstreams receive."""
+    if not any(edge.flattened for edge in upstream_states):
+        return dict(upstream_states)  # the usual case: a plain copy, no edge rehashed
     return {edge: flattened_upstream(edge, s) for edge, s in upstream_states.items()}
 
 
@@ -113,7 +115,7 @@ def upstream_for_child(
     """
     child: dict[Edge, State] = {}
     for edge, state in upstream_states.items():
-        if not edge.mapped or edge in indexed:
+        if not edge.mapped or (indexed and edge in indexed):  # skip hashing for no edges
             child[edge] = state
         elif state.is_mapped():
             child[edge] = state.map_states[index]  # type: ignore[attr-defined]

@@ -154,8 +154,9 @@ class State:
     ) -> None:
         _set(self, "message", message)
         _set(self, "_result", _as_result(result))
-        _set(self, "context", _freeze(context))
-        _set(self, "cached_inputs", _freeze_inputs(cached_inputs))
+        # Most states have neither: skip the normalising calls for them.
+        _set(self, "context", _freeze(context) if context else _EMPTY)
+        _set(self, "cached_inputs", _freeze_inputs(cached_inputs) if cached_inputs else _EMPTY)
 
     # -- value semantics
 
@@ -253,7 +254,7 @@ class State:
 
     def is_scheduled(self) -> bool:
         """Scheduled (incl. Paused, Resume, Retrying) or Queued."""
-        return isinstance(self, Scheduled | Queued)
+        return isinstance(self, _SCHEDULED_KINDS)
 
     def is_retrying(self) -> bool:
         """Retrying."""
@@ -307,12 +308,14 @@ class State:
 
     def serialize(self) -> Blob:
         """Prefect's JSON blob layout; the result is a reference, never the value."""
+        context, inputs = self.context, self.cached_inputs
         blob: Blob = {
             "type": type(self).__name__,
             "message": _message_text(self.message),
             "_result": result_to_blob(self._result),
-            "context": dict(self.context),
-            "cached_inputs": {k: result_to_blob(v) for k, v in self.cached_inputs.items()},
+            # Most states carry neither: an empty read-only view needs no copying.
+            "context": dict(context) if context else {},
+            "cached_inputs": {k: result_to_blob(v) for k, v in inputs.items()} if inputs else {},
         }
         self._dump_fields(blob)
         blob["__version__"] = ENGINE_VERSION
@@ -329,6 +332,8 @@ class State:
         a Result with its value (e.g. read from a result store).
         """
         cls = state_class(blob.get("type"))
+        if cls in _PLAIN_CLASSES:
+            return _plain_from_blob(cls, blob, hydrate)
         return cls(**cls._load_fields(blob, hydrate))
 
     @classmethod
@@ -345,6 +350,33 @@ class State:
             "context": blob.get("context"),
             "cached_inputs": {k: result_from_blob(v) for k, v in inputs.items()},
         }
+
+
+def _plain_from_blob(
+    cls: type[State], blob: Mapping[str, Any], hydrate: ResultLoader | None
+) -> State:
+    """`cls(**cls._load_fields(blob, hydrate))` for a class with only State's own fields.
+
+    Most blobs a run reads are of such classes (Pending, Running, Success ...);
+    setting the four slots directly skips building and unpacking the keywords.
+    It normalises exactly as `State.__init__` does.
+    """
+    state = object.__new__(cls)
+    result = blob.get("_result")
+    inputs = blob.get("cached_inputs")
+    _set(state, "message", blob.get("message"))
+    _set(
+        state,
+        "_result",
+        NoResult if result is None else _as_result((hydrate or result_from_blob)(result)),
+    )
+    _set(state, "context", _freeze(blob.get("context")))
+    _set(
+        state,
+        "cached_inputs",
+        _freeze_inputs({k: result_from_blob(v) for k, v in inputs.items()}) if inputs else _EMPTY,
+    )
+    return state
 
 
 def _rebuild_state(cls: type[State], kwargs: dict[str, Any]) -> State:
@@ -773,6 +805,27 @@ class ValidationFailed(Failed):
 
 _PUBLIC: list[type[State]] = [State, *State.children()]
 STATE_CLASSES: dict[str, type[State]] = {cls.__name__: cls for cls in _PUBLIC}
+_SCHEDULED_KINDS = (Scheduled, Queued)
+
+
+def _has_only_base_fields(cls: type[State]) -> bool:
+    """True when `cls` builds, dumps and loads exactly State's own fields."""
+    below_state = cls.__mro__[: cls.__mro__.index(State)]
+    return (
+        cls.__init__ is State.__init__
+        and cls._ctor is State._ctor
+        and cls.serialize is State.serialize
+        and all(
+            "_load_fields" not in k.__dict__ and "_dump_fields" not in k.__dict__
+            for k in below_state
+        )
+    )
+
+
+_PLAIN_CLASSES: frozenset[type[State]] = frozenset(
+    cls for cls in _PUBLIC if _has_only_base_fields(cls)
+)
+"""Classes whose blobs hold only State's own fields (deserialized by `_plain_from_blob`)."""
 
 
 def state_class(name: object) -> type[State]:

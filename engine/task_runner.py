@@ -165,7 +165,8 @@ class TaskRunner:
         """Unwrap meta states and derive run count, resume and loop context."""
         state = Pending() if state is None else state
         while isinstance(state, _MetaState):
-            state = state.state if state.state is not None else Pending()
+            inner = state.state
+            state = inner if inner is not None else Pending()
         if isinstance(state, Retrying):
             context["task_run_count"] = state.run_count + 1
         else:
@@ -335,9 +336,10 @@ class TaskRunner:
         self, state: State, upstream_states: Mapping[Edge, State]
     ) -> dict[str, Result]:
         """`{argument: Result}` from data edges and flow constants."""
-        inputs: dict[str, Result] = {
-            key: Result(value=value) for key, value in self.context.get("constants", {}).items()
-        }
+        constants = self.context.get("constants")
+        inputs: dict[str, Result] = (
+            {key: Result(value=value) for key, value in constants.items()} if constants else {}
+        )
         for edge, upstream in upstream_states.items():
             if edge.key is not None:
                 inputs[edge.key] = upstream._result

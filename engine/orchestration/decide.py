@@ -14,7 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from engine.orchestration import states as blobs
-from engine.orchestration.dispatch import attempt_of, child_ready, is_due, parent_ready, work_item
+from engine.orchestration.dispatch import (
+    InputCache,
+    attempt_of,
+    child_ready,
+    is_due,
+    parent_ready,
+    work_item,
+)
 from engine.orchestration.evolve import apply_in_place, copy_view
 from engine.orchestration.rules import (
     FAILED,
@@ -79,7 +86,7 @@ _make_transition = maker(
 class _Decision:
     """One command being decided: a private working view and the facts so far."""
 
-    __slots__ = ("cause", "command", "events", "now", "view")
+    __slots__ = ("cause", "command", "events", "id_prefix", "inputs", "now", "view")
 
     def __init__(
         self, view: FlowRunView, command: Command, now: datetime, owned: bool = False
@@ -89,7 +96,11 @@ class _Decision:
         self.command = command
         self.now = now
         self.events: list[Event] = []
-        self.cause = _make_cause(command.event_id, command.cause.worker)
+        command_id = command.event_id
+        self.cause = _make_cause(command_id, command.cause.worker)
+        self.id_prefix = f"{command_id}/"
+        self.inputs: InputCache | None = None
+        """Upstream inputs shared by the work items of this command (see work_item)."""
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
         self.append(
@@ -103,9 +114,15 @@ class _Decision:
             )
         )
 
+    def shared_inputs(self) -> InputCache:
+        """The upstream-input cache of this command, made at its first dispatch."""
+        if self.inputs is None:
+            self.inputs = {}
+        return self.inputs
+
     def next_event_id(self) -> str:
         """Fact ids derive from the command's: deterministic, and traceable to it."""
-        return f"{self.command.event_id}/{len(self.events)}"
+        return f"{self.id_prefix}{len(self.events)}"
 
     def append(self, event: Event) -> None:
         """Fold a fact into the working view at once and keep it."""
@@ -356,7 +373,7 @@ def _dispatch(d: _Decision, record: TaskRunRecord) -> None:
             record.slug,
             record.map_index,
             current.seq,
-            work_item(d.view, current, submitted, current.seq, attempt),
+            work_item(d.view, current, submitted, current.seq, attempt, d.shared_inputs()),
         )
     )
 

@@ -79,11 +79,15 @@ def parent_ready(view: FlowRunView, slug: str) -> bool:
 
 def child_ready(view: FlowRunView, slug: str, index: int) -> bool:
     """True when child `index` of `slug` has its mapped-over upstream child."""
-    return all(
-        _rests_finished(view.record(edge.upstream, index))
-        for edge in (view.index.tasks[slug].edges if view.index else ())
-        if edge.mapped and not edge.flattened and edge.upstream in view.children
-    )
+    if view.index is None:
+        return True
+    # A plain loop over the precomputed edges: this runs once per child.
+    for edge in view.index.child_edges[slug]:
+        if edge.upstream in view.children and not _rests_finished(
+            view.record(edge.upstream, index)
+        ):
+            return False
+    return True
 
 
 def _children_blobs(view: FlowRunView, slug: str) -> tuple[dict[str, Any], ...]:
@@ -95,7 +99,13 @@ def _children_blobs(view: FlowRunView, slug: str) -> tuple[dict[str, Any], ...]:
     return tuple(blobs)
 
 
-def _upstream_input(view: FlowRunView, edge: PlanEdge, map_index: int | None) -> UpstreamInput:
+InputCache = dict[int, UpstreamInput]
+"""Upstream inputs made so far while deciding one command, by id of their edge."""
+
+
+def _upstream_input(
+    view: FlowRunView, edge: PlanEdge, map_index: int | None, cache: InputCache
+) -> UpstreamInput:
     upstream = view.record(edge.upstream)
     state = upstream.state if upstream is not None else {"type": "Pending"}
     if edge.upstream in view.children:
@@ -104,9 +114,24 @@ def _upstream_input(view: FlowRunView, edge: PlanEdge, map_index: int | None) ->
                 child = view.record(edge.upstream, map_index)
                 child_state = child.state if child is not None else {"type": "Pending"}
                 return _make_input(edge, child_state, None, True)
-            return _make_input(edge, state, None, False)
+            return _whole_input(edge, state, cache)
         return _make_input(edge, state, _children_blobs(view, edge.upstream), False)
-    return _make_input(edge, state, None, False)
+    return _whole_input(edge, state, cache)
+
+
+def _whole_input(edge: PlanEdge, state: dict[str, Any], cache: InputCache) -> UpstreamInput:
+    """The upstream's state passed whole: one input serves every dispatch of a command.
+
+    A mapping command dispatches thousands of children that all receive the same
+    upstream; inputs are immutable, so they share one. The cached input holds
+    its edge and state, so neither id can be reused while it is cached, and a
+    state replaced within the command is seen by identity.
+    """
+    hit = cache.get(id(edge))
+    if hit is not None and hit.state is state:
+        return hit
+    made = cache[id(edge)] = _make_input(edge, state, None, False)
+    return made
 
 
 def work_item(
@@ -115,12 +140,17 @@ def work_item(
     submitted: dict[str, Any],
     expected_seq: int,
     attempt: int,
+    inputs: InputCache | None = None,
 ) -> WorkItem:
-    """Everything a worker needs to run one attempt of `record`."""
+    """Everything a worker needs to run one attempt of `record`.
+
+    `inputs` lets the dispatches of one command share upstream inputs.
+    """
     assert view.index is not None
     assert view.flow_ref is not None
+    cache: InputCache = {} if inputs is None else inputs
     plan_task = view.index.tasks[record.slug]
-    upstream = tuple(_upstream_input(view, e, record.map_index) for e in plan_task.edges)
+    upstream = tuple([_upstream_input(view, e, record.map_index, cache) for e in plan_task.edges])
     return _make_work_item(
         view.flow_run_id,
         record.task_run_id,

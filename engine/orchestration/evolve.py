@@ -27,6 +27,7 @@ from events import (
 _FIELDS = tuple(f.name for f in fields(FlowRunView))
 _set = object.__setattr__
 _new = object.__new__
+_new_tuple = tuple.__new__
 
 
 class SequenceGap(ValueError):
@@ -58,17 +59,23 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
     `decide` folds every fact it emits into one working copy this way, so a
     command costs one copy of the view rather than one per fact.
     """
-    if event.flow_run_id != view.flow_run_id:
+    # Events are pydantic models, whose __getattr__ hook makes every attribute read
+    # slow; the fold reads their field dict instead (see _task_run_transitioned).
+    fields = event.__dict__
+    if fields["flow_run_id"] != view.flow_run_id:
         raise ForeignEvent(
             f"event {event.event_id} belongs to flow run {event.flow_run_id}, "
             f"not {view.flow_run_id}"
         )
     # Only ever forward: a late redelivery of an old event must change nothing.
-    if view.last_event_at is None or event.occurred_at > view.last_event_at:
-        _set(view, "last_event_at", event.occurred_at)
-    command_id = event.cause.command_id
-    if command_id is not None and command_id not in view.processed_commands:
-        _set(view, "processed_commands", view.processed_commands.set(command_id, None))
+    occurred, last = fields["occurred_at"], view.last_event_at
+    if last is None or occurred > last:
+        _set(view, "last_event_at", occurred)
+    command_id = fields["cause"].__dict__["command_id"]
+    if command_id is not None:
+        processed = view.processed_commands
+        if command_id not in processed:
+            _set(view, "processed_commands", processed.set(command_id, None))
     apply = _APPLY.get(type(event))
     if apply is not None:  # rejections and dead letters change no state, only the command log
         apply(view, event)
@@ -90,15 +97,19 @@ def fold(
     return view
 
 
-def _check_seq(current: int, seq: int | None, what: str) -> bool:
-    """True to apply, False for a duplicate; raises on a gap."""
+def _check_seq(current: int, seq: int | None, kind: str, ident: str) -> bool:
+    """True to apply, False for a duplicate; raises on a gap.
+
+    The subject ("task run <id>") is passed in parts and joined only for an
+    error: this runs for every fact, and formatting it eagerly was measurable.
+    """
+    if seq is not None and seq == current + 1:
+        return True  # the usual case first
     if seq is None:
-        raise SequenceGap(f"{what}: event has no seq")
+        raise SequenceGap(f"{kind} {ident}: event has no seq")
     if seq <= current:
         return False
-    if seq != current + 1:
-        raise SequenceGap(f"{what}: expected seq {current + 1}, got {seq}")
-    return True
+    raise SequenceGap(f"{kind} {ident}: expected seq {current + 1}, got {seq}")
 
 
 def _flow_run_created(view: FlowRunView, event: Event) -> None:
@@ -120,7 +131,7 @@ def _flow_run_created(view: FlowRunView, event: Event) -> None:
 
 def _flow_run_transitioned(view: FlowRunView, event: Event) -> None:
     assert isinstance(event, FlowRunTransitioned)
-    if _check_seq(view.flow_seq, event.seq, f"flow run {view.flow_run_id}"):
+    if _check_seq(view.flow_seq, event.seq, "flow run", view.flow_run_id):
         _set_many(
             view,
             flow_state=event.state,
@@ -135,46 +146,50 @@ def _set_many(view: FlowRunView, **values: Any) -> None:
 
 
 def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
-    # The fold's hottest function: it writes the private view copy directly.
+    # The fold's hottest function: it writes the private view copy directly, reads
+    # each view field once, and reads the event's fields from its __dict__ (a
+    # pydantic model's attribute reads go through its __getattr__ hook: slow).
     assert isinstance(event, TaskRunTransitioned)
-    run_id, slug = event.task_run_id, event.task_slug
+    fields = event.__dict__
+    run_id, slug = fields["task_run_id"], fields["task_slug"]
     if run_id is None or slug is None:
         raise ValueError(f"task_run_transitioned {event.event_id} lacks task_run_id/task_slug")
-    old = view.task_runs.get(run_id)
-    if not _check_seq(old.seq if old else 0, event.seq, f"task run {run_id}"):
+    task_runs = view.task_runs
+    old = task_runs.get(run_id)
+    seq = fields["seq"]
+    if not _check_seq(old.seq if old else 0, seq, "task run", run_id):
         return
-    state = event.state
+    state = fields["state"]
     new_type: str = state["type"]
+    final = fields["final"]
+    map_index = fields["map_index"]
     # A claim counts as the first heartbeat of its attempt, and names the claimer.
     beat: datetime | None
     if new_type == "Running":
-        beat = event.occurred_at
-        worker = event.cause.worker
+        beat = fields["occurred_at"]
+        worker = fields["cause"].worker
         claimer = worker.id if worker is not None else None
     else:
         beat = old.last_heartbeat if old else None
         claimer = old.claimed_by if old else None
-    record = TaskRunRecord(
-        run_id,
-        slug,
-        event.map_index,
-        event.seq or 0,
-        state,
-        new_type,
-        event.attempt,
-        event.final,
-        beat,
-        claimer,
+    # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level
+    # call, measurable at one record per fact. Every field is passed, in order.
+    record: TaskRunRecord = _new_tuple(
+        TaskRunRecord,
+        (
+            run_id, slug, map_index, seq or 0, state, new_type, fields["attempt"], final, beat,
+            claimer,
+        ),
     )
     was_finished = old is not None and old.rests_finished
-    now_finished = event.final and new_type in FINISHED
-    _set(view, "task_runs", view.task_runs.set(run_id, record))
+    now_finished = final and new_type in FINISHED
+    _set(view, "task_runs", task_runs.set(run_id, record))
     if old is None:
         if not now_finished:
             _set(view, "unfinished_runs", view.unfinished_runs + 1)
     elif was_finished != now_finished:
         _set(view, "unfinished_runs", view.unfinished_runs + (1 if was_finished else -1))
-    if event.map_index is None:
+    if map_index is None:
         if new_type == "Mapped":
             # The worker records how many children flattening really produced.
             context = state.get("context") or {}
@@ -184,15 +199,22 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
     elif old is not None and was_finished != now_finished:
         left = view.unfinished_children.get(slug, 0) + (1 if was_finished else -1)
         _set(view, "unfinished_children", view.unfinished_children.set(slug, left))
+    _track_waiting(view, run_id, state, new_type)
+
+
+def _track_waiting(view: FlowRunView, run_id: str, state: dict[str, Any], new_type: str) -> None:
+    """Keep the `scheduled` and `running` indexes in step with a run's new state."""
     start = state.get("start_time") if new_type in SCHEDULED else None
+    scheduled = view.scheduled
     if start is not None:
-        _set(view, "scheduled", view.scheduled.set(run_id, start))
-    elif run_id in view.scheduled:
-        _set(view, "scheduled", view.scheduled.delete(run_id))
+        _set(view, "scheduled", scheduled.set(run_id, start))
+    elif scheduled and run_id in scheduled:
+        _set(view, "scheduled", scheduled.delete(run_id))
+    running = view.running
     if new_type in RUNNING:
-        _set(view, "running", view.running.set(run_id, None))
-    elif run_id in view.running:
-        _set(view, "running", view.running.delete(run_id))
+        _set(view, "running", running.set(run_id, None))
+    elif running and run_id in running:
+        _set(view, "running", running.delete(run_id))
 
 
 def _work_dispatched(view: FlowRunView, event: Event) -> None:

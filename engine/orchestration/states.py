@@ -32,8 +32,15 @@ _SUBMITTED: dict[str, Any] = Submitted(state=Pending()).serialize()
 _FLOW_FAILED: dict[str, Any] = Failed("Some reference tasks failed.").serialize()
 
 
+_SUBMITTED_PENDING: dict[str, Any] = {**_SUBMITTED, "state": PENDING}
+
+
 def submitted(inner: dict[str, Any]) -> dict[str, Any]:
     """Submitted(state=<inner>): dispatched to a worker, the inner state kept."""
+    if inner is PENDING:
+        # Nearly every first dispatch: one shared blob (blobs are never mutated),
+        # which also lets the worker's state_of memo hit instead of deserializing.
+        return _SUBMITTED_PENDING
     return {**_SUBMITTED, "state": inner}
 
 

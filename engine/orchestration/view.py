@@ -19,8 +19,9 @@ from events import FlowPlan, FlowRef, PlanEdge, PlanTask
 
 def task_run_id_for(flow_run_id: str, slug: str, map_index: int | None = None) -> str:
     """Task run ids are derived, so every redelivery addresses the same run."""
-    base = f"{flow_run_id}/{slug}"
-    return base if map_index is None else f"{base}/{map_index}"
+    if map_index is None:
+        return f"{flow_run_id}/{slug}"
+    return f"{flow_run_id}/{slug}/{map_index}"
 
 
 class TaskRunRecord(NamedTuple):
@@ -58,6 +59,9 @@ class PlanIndex:
     tasks: dict[str, PlanTask]
     downstream: dict[str, tuple[tuple[str, PlanEdge], ...]]
     mapped_slugs: frozenset[str]
+    child_edges: dict[str, tuple[PlanEdge, ...]]
+    """The edges each child of a slug is mapped over one element at a time
+    (mapped, not flattened): the only ones a child's readiness depends on."""
 
     @staticmethod
     def of(plan: FlowPlan) -> PlanIndex:
@@ -67,7 +71,12 @@ class PlanIndex:
             for e in t.edges:
                 downstream[e.upstream].append((t.slug, e))
         mapped = frozenset(t.slug for t in plan.tasks if any(e.mapped for e in t.edges))
-        return PlanIndex(plan, tasks, {k: tuple(v) for k, v in downstream.items()}, mapped)
+        child_edges = {
+            t.slug: tuple(e for e in t.edges if e.mapped and not e.flattened) for t in plan.tasks
+        }
+        return PlanIndex(
+            plan, tasks, {k: tuple(v) for k, v in downstream.items()}, mapped, child_edges
+        )
 
 
 EMPTY_MAP: immutables.Map[Any, Any] = immutables.Map()

@@ -281,6 +281,40 @@ def test_deserialize_round_trips_like_prefect(key: str, tmp_path: Path) -> None:
     assert (back == state) is example["roundtrip_equal"]
 
 
+@pytest.mark.parametrize(
+    "cls", [STATE_CLASSES[n] for n in sorted(c.__name__ for c in state_module._PLAIN_CLASSES)]
+)
+@pytest.mark.parametrize("hydrate", [None, lambda blob: Result(value=7, location="x")])
+def test_plain_fast_path_builds_what_the_constructor_builds(
+    cls: type[State], hydrate: Callable[[dict[str, Any]], Result] | None
+) -> None:
+    """Deserializing a class with only State's fields skips the keywords, not the rules."""
+    full = cls(
+        "msg",
+        result=PrefectResult(value=3, location="3"),
+        context={"task_run_count": 2},
+        cached_inputs={"x": Result(value=1, location="loc")},
+    )
+    for blob in (full.serialize(), cls().serialize(), {"type": cls.__name__}):
+        fast = State.deserialize(blob, hydrate)
+        slow = cls(**cls._load_fields(blob, hydrate))
+        assert type(fast) is cls
+        assert fast == slow
+        assert fast.message == slow.message
+        assert fast._result == slow._result
+        assert dict(fast.context) == dict(slow.context)
+        assert dict(fast.cached_inputs) == dict(slow.cached_inputs)
+        assert fast.serialize() == slow.serialize()
+
+
+def test_plain_fast_path_covers_only_classes_without_own_fields() -> None:
+    """Subclasses with fields of their own still go through their constructor."""
+    plain = {c.__name__ for c in state_module._PLAIN_CLASSES}
+    assert {"Pending", "Running", "Success", "Failed"} <= plain
+    assert not plain & {"Scheduled", "Retrying", "Paused", "Mapped", "Cached", "Looped"}
+    assert not plain & {"Submitted", "Queued", "ClientFailed"}
+
+
 def test_mapped_blob_omits_result_and_map_states() -> None:
     """Mapped blobs store only the number of children."""
     blob = Mapped(map_states=[Success(), None, Failed()]).serialize()
