@@ -32,8 +32,10 @@ from typing import Any, cast
 import aiokafka
 import faust
 import mode
+from faust.auth import GSSAPICredentials, SASLCredentials, SSLCredentials
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
+from faust.types.auth import CredentialsT
 
 from services.ledger import Ledger
 from services.settings import Settings
@@ -47,6 +49,7 @@ __all__ = [
     "RunLedgerApp",
     "RunLedgerFaustApp",
     "build_app",
+    "faust_credentials",
     "faust_options",
     "hosted_roles",
     "main",
@@ -106,10 +109,11 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     faust otherwise reads unprefixed environment variables (``BROKER_SESSION_TIMEOUT``,
     ``WEB_PORT`` ...), which *override* keyword options: ``env={}`` makes the
     ``RUNLEDGER_*`` settings the only configuration. Its 60 s default session would
-    make a first group join take ~30 s on Tansu.
+    make a first group join take ~30 s on Tansu. The security settings become
+    ``broker_credentials`` (`faust_credentials`); PLAINTEXT passes none.
     """
     session_s = settings.session_timeout_ms / 1000
-    return {
+    options: dict[str, Any] = {
         "env": {},
         "broker": [f"kafka://{server}" for server in settings.bootstrap_servers],
         "store": "memory://",
@@ -128,6 +132,41 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         "web_bind": settings.web_host,
         "web_port": settings.web_port,
     }
+    credentials = faust_credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
+    return options
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """faust's ``broker_credentials`` for the security settings; None for PLAINTEXT.
+
+    Built from `Settings.kafka_client_kwargs`, so faust's producer (and any faust
+    consumer) connects exactly like RunLedger's own aiokafka clients.
+    """
+    kwargs = settings.kafka_client_kwargs()
+    protocol = kwargs["security_protocol"]
+    ssl_context = kwargs.get("ssl_context")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return SSLCredentials(ssl_context)
+    mechanism = kwargs["sasl_mechanism"]
+    if mechanism == "GSSAPI":
+        return GSSAPICredentials(ssl_context=ssl_context)
+    if mechanism == "OAUTHBEARER":
+        # faust and aiokafka need a token provider object, which no RUNLEDGER_*
+        # variable can describe; failing here beats failing at the first connect.
+        raise ValueError(
+            "RUNLEDGER_SASL_MECHANISM=OAUTHBEARER needs a token provider, which "
+            "RunLedger's settings cannot supply; use PLAIN, SCRAM-SHA-256/512 or GSSAPI"
+        )
+    return SASLCredentials(
+        username=kwargs.get("sasl_plain_username"),
+        password=kwargs.get("sasl_plain_password"),
+        ssl_context=ssl_context,
+        mechanism=mechanism,
+    )
 
 
 # ----- roles as services of the App ------------------------------------------------------
