@@ -18,7 +18,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -26,7 +26,9 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rich.console import Console
 
+from engine.orchestration import task_run_id_for, timeline
 from events import TransitionRejected
+from services import audit
 from services.broker import BrokerError, EmbeddedBroker, check_loopback
 from services.client import (
     Client,
@@ -250,6 +252,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     resume = _add(sub, "resume", cmd_resume, summary="resume a paused task run")
     resume.add_argument("task_run_id", type=task_run_id, metavar="TASK_RUN_ID")
     _add_answer_options(resume)
+    _add_audit_commands(sub)
     config = _add(
         sub,
         "config",
@@ -261,6 +264,38 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         action="store_true",
         help="print the documentation table of every setting instead (as in the README)",
     )
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    history = _add(
+        sub, "history", cmd_history, summary="print a flow run's audit trail: every ledger fact"
+    )
+    history.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
+    history.add_argument(
+        "--task",
+        type=audit.task_ref,
+        default=None,
+        metavar="SLUG[/INDEX]",
+        help="only the facts of this task run (INDEX: a mapped child)",
+    )
+    states = _add(
+        sub,
+        "states",
+        cmd_states,
+        summary="print the state of a flow run and of each of its task runs, now or in the past",
+    )
+    states.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
+    states.add_argument(
+        "--as-of",
+        type=audit.as_of_time,
+        default=None,
+        metavar="ISO-8601",
+        help="the states as they were then, e.g. 2024-05-01T12:00:00Z (default: now)",
+    )
+    for parser in (history, states):
+        parser.add_argument(
+            "--json", action="store_true", help="one JSON object per line instead of a table"
+        )
 
 
 def _add_answer_options(parser: argparse.ArgumentParser) -> None:
@@ -505,6 +540,52 @@ async def _command(
     moved = ", ".join(f"{c.task_slug or 'flow run'} -> {c.state_type}" for c in changes)
     print(f"runledger {name}: accepted ({moved or 'no state change'})")
     return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    """The run's audit trail (or one task run's): every fact, in ledger order."""
+    return _run_async("history", _history(args, settings))
+
+
+async def _history(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings) as client:
+        facts = await client.history(args.flow_run_id)
+    if not facts:
+        return _fail("history", f"no such flow run {args.flow_run_id}")
+    task_run = None if args.task is None else task_run_id_for(args.flow_run_id, *args.task)
+    rows = timeline(facts, task_run_id=task_run)
+    if task_run is not None and not rows:
+        label = audit.task_label(*args.task)
+        return _fail("history", f"flow run {args.flow_run_id} has no task run {label}")
+    if args.json:
+        _print_json_lines(audit.row_record(row) for row in rows)
+    else:
+        Console().print(audit.timeline_table(rows))
+    return EXIT_OK
+
+
+def cmd_states(args: argparse.Namespace, settings: Settings) -> int:
+    """The flow run's and its task runs' states, folded up to now or to --as-of."""
+    return _run_async("states", _states(args, settings))
+
+
+async def _states(args: argparse.Namespace, settings: Settings) -> int:
+    async with Client(settings) as client:
+        view = await client.view(args.flow_run_id, as_of=args.as_of)
+        # Only to say why there is nothing: unknown, refused, or created later.
+        facts = [] if view.created else await client.history(args.flow_run_id)
+    if not view.created:
+        return _fail("states", audit.absence(args.flow_run_id, facts, args.as_of))
+    if args.json:
+        _print_json_lines(audit.state_records(view))
+    else:
+        Console().print(audit.states_table(view, args.as_of))
+    return EXIT_OK
+
+
+def _print_json_lines(records: Iterable[dict[str, Any]]) -> None:
+    for record in records:
+        print(json.dumps(record, default=str))
 
 
 def _default_text(field: Any) -> str:

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from engine.orchestration import FlowRunView, evolve
+from engine.orchestration.history import check_as_of, fold_as_of
 from engine.orchestration.rules import FINISHED, SUCCESSFUL
 from engine.result_store import FSResultStore
 from events import (
@@ -54,6 +55,7 @@ from events import (
     decode,
     encode,
 )
+from services.inspection import TaskRunView
 from services.kafka import make_consumer, make_producer, partition_for
 from services.settings import Settings
 from services.topics import ensure_topics
@@ -345,6 +347,7 @@ class Client:
         self._create_topics = create_topics
         self._producer: AIOKafkaProducer | None = None
         self._partitions: int | None = None
+        self._result_store: FSResultStore | None = None
         self.identity = WorkerIdentity(
             id=f"client-{uuid.uuid4().hex[:12]}", host=socket.gethostname(), pid=os.getpid()
         )
@@ -504,13 +507,38 @@ class Client:
             await events.aclose()
         raise AssertionError("unreachable: the ledger reader ended")  # pragma: no cover
 
-    async def view(self, flow_run_id: str) -> FlowRunView:
-        """The run's current view: its ledger folded up to now (empty if unknown)."""
+    async def history(self, flow_run_id: str) -> list[Fact]:
+        """Every fact of the run, in ledger order, up to the partition's end now.
+
+        The audit trail: refused commands are on it too (`TransitionRejected`);
+        `engine.orchestration.timeline` turns it into rows. Empty for an unknown run.
+        """
+        return [event async for event in self.ledger_events(flow_run_id) if isinstance(event, Fact)]
+
+    async def view(self, flow_run_id: str, *, as_of: datetime | None = None) -> FlowRunView:
+        """The run's view: its ledger folded up to now (empty if unknown).
+
+        With `as_of` (timezone-aware, else `ValueError`), the view as it was then:
+        the run's facts folded in ledger order up to the first whose own
+        `occurred_at` is later (`engine.orchestration.fold_as_of`; broker
+        timestamps are never used).
+        """
         view = FlowRunView(flow_run_id=flow_run_id)
+        if as_of is not None:
+            check_as_of(as_of)  # before anything is read
+            return fold_as_of(await self.history(flow_run_id), as_of, start=view)
+        async for event in self.ledger_events(flow_run_id):
+            view = evolve(view, event)
+        return view
+
+    async def ledger_events(self, flow_run_id: str) -> AsyncGenerator[Event, None]:
+        """The run's ledger events recorded up to now, in order (none if unknown).
+
+        Ends once the partition's end is reached, so an unknown run ends at once.
+        """
         async for event in self._events(flow_run_id, "beginning", stop_at_end=True):
             if event is not None:
-                view = evolve(view, event)
-        return view
+                yield event
 
     async def answer(self, flow_run_id: str, command_id: str, timeout: float = 10.0) -> list[Fact]:
         """The facts the ledger recorded in answer to a command (e.g. `cancel`'s id).
@@ -541,24 +569,31 @@ class Client:
         return found  # pragma: no cover
 
     async def result(self, flow_run_id: str, task_slug: str, map_index: int | None = None) -> Any:
-        """The result value of a task run, read from the result store.
+        """The result value of a finished task run, read from the result store.
 
         For a Mapped parent (``map_index=None``) the list of its children's results,
-        like Prefect's ``TaskRunView.get_result``.
+        like Prefect's ``TaskRunView.get_result``. `LookupError` for an unknown
+        run, slug or index; `TaskRunNotFinished` while it is not finished.
         """
-        view = await self.view(flow_run_id)
-        record = view.record(task_slug, map_index)
-        if record is None:
-            where = task_slug if map_index is None else f"{task_slug}[{map_index}]"
-            raise LookupError(f"flow run {flow_run_id} has no task run {where}")
-        store = FSResultStore(self.settings.result_store_url)
-        if record.state_type == "Mapped" and map_index is None:
-            blobs = []
-            for index in range(view.children.get(task_slug, 0)):
-                child = view.record(task_slug, index)
-                blobs.append(child.state if child is not None else {})
-            return await asyncio.to_thread(lambda: [_value(b, store) for b in blobs])
-        return await asyncio.to_thread(_value, record.state, store)
+        task_run = await self.task_run(flow_run_id, task_slug, map_index)
+        return await task_run.get_result()
+
+    async def task_run(
+        self, flow_run_id: str, task_slug: str, map_index: int | None = None
+    ) -> TaskRunView:
+        """A `TaskRunView` of one task run (Prefect's inspection API), as of now.
+
+        `map_index` None (or Prefect's -1) names an unmapped run or a mapped parent.
+        `LookupError` for an unknown flow run, slug or index.
+        """
+        return await TaskRunView.from_task_slug(task_slug, flow_run_id, map_index, client=self)
+
+    @property
+    def result_store(self) -> FSResultStore:
+        """The result store task results are read from (one per client: its reads are cached)."""
+        if self._result_store is None:
+            self._result_store = FSResultStore(self.settings.result_store_url)
+        return self._result_store
 
     async def ledger_partitions(self) -> int:
         """How many partitions the ledger topic has (cached)."""
@@ -609,13 +644,6 @@ class Client:
                     yield None
         finally:
             await consumer.stop()
-
-
-def _value(blob: Mapping[str, Any], store: FSResultStore) -> Any:
-    result_blob = blob.get("_result")
-    if not isinstance(result_blob, dict) or result_blob.get("type") == "NoResultType":
-        return None
-    return store.hydrate(result_blob).value
 
 
 def _check_json(what: str, value: Mapping[str, Any]) -> None:
