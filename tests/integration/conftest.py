@@ -37,3 +37,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture
+def process_settings(kafka_settings: Settings) -> Settings:
+    """`kafka_settings` for tests whose roles run as separate processes.
+
+    Several Python processes and the broker share two cores there; with a 3 s
+    session a process starved of CPU for a moment misses its heartbeats, and the
+    rebalances that follow can keep a run from finishing in time. 6 s costs ~1.5 s
+    more per group join.
+    """
+    return kafka_settings.model_copy(update={"session_timeout_ms": 6000})

@@ -34,21 +34,21 @@ def _count_runs(out: Path) -> int:
 
 
 def test_a_ledger_stopped_mid_run_and_started_again_finishes_the_run_without_repeats(
-    kafka_settings: Settings, tmp_path: Path
+    process_settings: Settings, tmp_path: Path
 ) -> None:
     """The run completes, every body ran exactly once, and the views equal the ledger's fold."""
-    asyncio.run(ensure_topics(kafka_settings))
+    asyncio.run(ensure_topics(process_settings))
     out = tmp_path / "runs"
     out.mkdir()
     dump = tmp_path / "views.pickle"
     first_log, second_log, worker_log = (tmp_path / n for n in ("l1.log", "l2.log", "w.log"))
-    worker = start_role(kafka_settings, ["--roles", "worker", "--concurrency", "8"], worker_log)
-    ledger = start_role(kafka_settings, ["--roles", "ledger"], first_log)
+    worker = start_role(process_settings, ["--roles", "worker", "--concurrency", "8"], worker_log)
+    ledger = start_role(process_settings, ["--roles", "ledger"], first_log)
     processes: list[subprocess.Popen[bytes]] = [worker, ledger]
     try:
         wait_for_log(first_log, "ledger owns partitions", 60, ledger)
         wait_for_log(worker_log, "assigned work partitions [0, 1, 2, 3]", 60, worker)
-        flow_run_id = submit(kafka_settings, {"n": N, "out_dir": str(out), "delay_s": 0.004})
+        flow_run_id = submit(process_settings, {"n": N, "out_dir": str(out), "delay_s": 0.004})
 
         deadline = time.monotonic() + 60
         while _count_runs(out) < N // 4:
@@ -59,11 +59,11 @@ def test_a_ledger_stopped_mid_run_and_started_again_finishes_the_run_without_rep
         assert stopped_at < N, "the ledger was stopped too late to prove anything"
 
         ledger = start_role(
-            kafka_settings, ["--roles", "ledger", "--dump-views", str(dump)], second_log
+            process_settings, ["--roles", "ledger", "--dump-views", str(dump)], second_log
         )
         processes.append(ledger)
         wait_for_log(second_log, "ledger owns partitions", 60, ledger)
-        view, _ = wait_finished(kafka_settings, flow_run_id, [worker, ledger], timeout_s=120)
+        view, _ = wait_finished(process_settings, flow_run_id, [worker, ledger], timeout_s=120)
         assert stop_process(ledger) == 0
     finally:
         for process in processes:
@@ -78,7 +78,7 @@ def test_a_ledger_stopped_mid_run_and_started_again_finishes_the_run_without_rep
     assert all(len(lines) == 1 for lines in runs.values()), "a body ran more than once"
 
     live: dict[str, FlowRunView] = pickle.loads(dump.read_bytes())
-    folded = fold(ledger_events(kafka_settings, flow_run_id), flow_run_id=flow_run_id)
+    folded = fold(ledger_events(process_settings, flow_run_id), flow_run_id=flow_run_id)
     assert live[flow_run_id] == folded
     log = second_log.read_text()
     assert "ledger owns partitions" in log

@@ -96,20 +96,20 @@ def wait_both_assigned(logs: dict[str, Path], processes: list[subprocess.Popen[b
 
 
 def test_two_worker_processes_run_every_body_of_a_1000_way_map_exactly_once(
-    kafka_settings: Settings, tmp_path: Path
+    process_settings: Settings, tmp_path: Path
 ) -> None:
     """Every task run succeeds, every body ran once, and both workers did part of the work."""
-    asyncio.run(ensure_topics(kafka_settings))
+    asyncio.run(ensure_topics(process_settings))
     out = tmp_path / "runs"
     out.mkdir()
     logs = {name: tmp_path / f"{name}.log" for name in ("ledger", "worker-a", "worker-b")}
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(start_role(kafka_settings, ["--roles", "ledger"], logs["ledger"]))
+        processes.append(start_role(process_settings, ["--roles", "ledger"], logs["ledger"]))
         for name in ("worker-a", "worker-b"):
             processes.append(
                 start_role(
-                    kafka_settings,
+                    process_settings,
                     ["--roles", "worker", "--name", name, "--concurrency", "8"],
                     logs[name],
                 )
@@ -117,8 +117,8 @@ def test_two_worker_processes_run_every_body_of_a_1000_way_map_exactly_once(
         wait_for_log(logs["ledger"], "ledger owns partitions", 60, processes[0])
         wait_both_assigned({k: v for k, v in logs.items() if k != "ledger"}, processes)
 
-        flow_run_id = submit(kafka_settings, {"n": N, "out_dir": str(out), "delay_s": 0.002})
-        view, events = wait_finished(kafka_settings, flow_run_id, processes, timeout_s=120)
+        flow_run_id = submit(process_settings, {"n": N, "out_dir": str(out), "delay_s": 0.002})
+        view, events = wait_finished(process_settings, flow_run_id, processes, timeout_s=120)
     finally:
         statuses = [stop_process(p) for p in processes]
     assert statuses == [0, 0, 0], "every role exits cleanly on SIGTERM"
