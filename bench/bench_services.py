@@ -44,7 +44,12 @@ from services.broker import EmbeddedBroker  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.topics import ensure_topics  # noqa: E402
 
+IDLE_SECONDS = 5.0
+"""How long the services are watched doing nothing, for their idle CPU."""
+
 FETCH_WAIT_MS = 5
+"""Default fetch wait of every consumer here (services, subscriber, raw ceiling);
+--fetch-wait overrides it."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -260,6 +265,13 @@ async def measure_services(
         await submit(warm)
         await subscriber.wait(warm.flow_run_id, timeout=120)
 
+    # What the small fetch wait costs while nothing happens: every consumer's fetch
+    # returns empty each wait, and the broker answers them.
+    meter.start()
+    await asyncio.sleep(IDLE_SECONDS)
+    meter.stop()
+    idle = {name: used / IDLE_SECONDS for name, used in meter.used.items()}
+
     big = run_request("tests.integration.flows.mapping:trivial_map", {"n": inputs})
     meter.start()
     sent = await submit(big)
@@ -285,6 +297,7 @@ async def measure_services(
         "single_p50_ms": statistics.median(latencies),
         "single_p99_ms": pct(latencies, 0.99),
         "single_max_ms": max(latencies),
+        "idle_cpu": idle,
     }
 
 
@@ -312,6 +325,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"services ({args.workers} worker process(es) x {args.concurrency} threads, "
                 f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
             )
+            idle = figures.pop("idle_cpu")
+            assert isinstance(idle, dict)
             for name, figure in figures.items():
                 shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
                 print(f"  {name:<24} {shown}")
@@ -321,6 +336,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(f"  {name:<24} {used * 1000 / task_runs:>12.3f}")
             total = sum(meter.used.values()) * 1000 / task_runs
             print(f"  {'all':<24} {total:>12.3f}")
+            print(f"CPU while idle, after the warm-up ({IDLE_SECONDS:.0f} s; % of one core):")
+            for name, share in idle.items():
+                print(f"  {name:<24} {share * 100:>11.1f}%")
+            print(f"  {'all':<24} {sum(idle.values()) * 100:>11.1f}%")
 
 
 def main() -> None:
@@ -329,7 +348,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument(
+        "--fetch-wait", type=int, default=FETCH_WAIT_MS, metavar="MS",
+        help="fetch_max_wait_ms of every consumer (services, subscriber, raw ceiling)",
+    )
+    args = parser.parse_args()
+    if args.fetch_wait < 1:
+        parser.error("--fetch-wait must be at least 1 ms")
+    set_fetch_wait(args.fetch_wait)
+    asyncio.run(main_async(args))
+
+
+def set_fetch_wait(ms: int) -> None:
+    global FETCH_WAIT_MS
+    FETCH_WAIT_MS = ms
 
 
 if __name__ == "__main__":
