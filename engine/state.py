@@ -46,6 +46,7 @@ __all__ = [
     "UnknownStateType",
     "ValidationFailed",
     "state_class",
+    "with_result",
 ]
 
 _set = object.__setattr__
@@ -834,3 +835,22 @@ def state_class(name: object) -> type[State]:
         return STATE_CLASSES[name]  # type: ignore[index]
     except (KeyError, TypeError):
         raise UnknownStateType(f"unknown state type {name!r}") from None
+
+
+def with_result(state: State, result: Any) -> State:
+    """`state.copy_with(result=result)`, without the keyword round trip for plain classes.
+
+    A mapped child receives its upstream's state with one element as result, so
+    this runs once per child and edge. For a class with only State's own fields
+    the copy shares the (already frozen, private) context and cached inputs and
+    sets the slots directly -- exactly what `copy_with` would produce.
+    """
+    cls = type(state)
+    if cls not in _PLAIN_CLASSES:
+        return state.copy_with(result=result)
+    new = object.__new__(cls)
+    _set(new, "message", state.message)
+    _set(new, "_result", _as_result(result))
+    _set(new, "context", state.context)
+    _set(new, "cached_inputs", state.cached_inputs)
+    return new
