@@ -134,7 +134,7 @@ def blob_of(state: State, store: ResultStore, key: str) -> dict[str, Any]:
     return blob
 
 
-_MEMO_LIMIT = 4096
+_MEMO_LIMIT = 1 << 15
 _memo: dict[tuple[int, int], tuple[dict[str, Any], ResultStore, State]] = {}
 
 
@@ -144,7 +144,8 @@ def state_of(blob: dict[str, Any], store: ResultStore) -> State:
     Blobs are never changed once made, and one blob object is often read many
     times (the upstream every mapped child receives, the Pending every child
     starts from), so states are memoised by blob identity. An entry holds its
-    blob, so an id cannot be reused while it is remembered.
+    blob, so an id cannot be reused while it is remembered. The memo holds a
+    whole 10,000-child map: a reduce's children are read again for the outcome.
     """
     key = (id(blob), id(store))
     hit = _memo.get(key)
