@@ -81,6 +81,18 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
         apply(view, event)
 
 
+def apply_state_change(view: FlowRunView, event: Event) -> None:
+    """The part of `apply_in_place` that changes state, alone.
+
+    For `decide`'s later facts of one command: they carry the view's flow run id,
+    the command's time and its cause, all of which the command's first fact has
+    folded in already (so `apply_in_place` would find nothing else to change).
+    """
+    apply = _APPLY.get(type(event))
+    if apply is not None:
+        apply(view, event)
+
+
 def fold(
     events: Iterable[Event], start: FlowRunView | None = None, flow_run_id: str | None = None
 ) -> FlowRunView:
