@@ -545,7 +545,14 @@ class TaskRunner:
                 return self.result.write(value, **self._format_kwargs(inputs))
             except ResultNotImplementedError:
                 pass
-        return self.result.copy_with(value=value)
+        result = self.result
+        if type(result) is Result:
+            # The usual in-memory Result: built directly (copy_with's generic slot loop
+            # would carry over exactly these fields).
+            return Result(
+                value, result.location, result.serializer, hash=result.hash, size=result.size
+            )
+        return result.copy_with(value=value)
 
     @call_state_handlers
     def cache_result(self, state: State, inputs: Mapping[str, Result]) -> State:
