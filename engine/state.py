@@ -21,6 +21,7 @@ from engine.results import NoResult, Result, result_from_blob, result_to_blob
 from engine.version import ENGINE_VERSION
 
 __all__ = [
+    "PLAIN_STATE_CLASSES",
     "STATE_CLASSES",
     "Cached",
     "Cancelled",
@@ -827,6 +828,7 @@ _PLAIN_CLASSES: frozenset[type[State]] = frozenset(
     cls for cls in _PUBLIC if _has_only_base_fields(cls)
 )
 """Classes whose blobs hold only State's own fields (deserialized by `_plain_from_blob`)."""
+PLAIN_STATE_CLASSES = _PLAIN_CLASSES
 
 
 def state_class(name: object) -> type[State]:
