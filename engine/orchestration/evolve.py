@@ -169,8 +169,9 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
     task_runs = view.task_runs
     old = task_runs.get(run_id)
     seq = fields["seq"]
-    if not _check_seq(old.seq if old else 0, seq, "task run", run_id):
-        return
+    current = old.seq if old else 0
+    if (seq is None or seq != current + 1) and not _check_seq(current, seq, "task run", run_id):
+        return  # a duplicate (the usual next seq skips the call; a gap raises in it)
     state = fields["state"]
     new_type: str = state["type"]
     final = fields["final"]
