@@ -109,7 +109,8 @@ class _Proposer:
         n_map_states counts a flattened Mapped upstream's children, not their elements."""
 
     def record(self, state: State) -> None:
-        self._flush(final=False)
+        if self.pending is not None:
+            self._flush(final=False)
         if isinstance(state, Running):
             command, facts = self._send(state, final=False)
             if facts is not None and not _claim_accepted(command, facts):
@@ -149,12 +150,16 @@ class _Proposer:
 
 
 def _claim_accepted(command: TransitionProposed, facts: list[Event]) -> bool:
-    return any(
-        isinstance(f, TaskRunTransitioned)
-        and f.cause.command_id == command.event_id
-        and f.state.get("type") == "Running"
-        for f in facts
-    )
+    # Once per task run: a plain loop (no generator), the command id read once.
+    command_id = command.event_id
+    for f in facts:
+        if (
+            isinstance(f, TaskRunTransitioned)
+            and f.cause.command_id == command_id
+            and f.state.get("type") == "Running"
+        ):
+            return True
+    return False
 
 
 def _edge_lookup(flow: Flow, task: Task) -> dict[tuple[str, str | None, bool, bool], Edge]:
