@@ -267,13 +267,16 @@ class TaskRunner:
                 state = self.check_task_is_ready(state)
             if not (stock and type(state) is Pending):
                 state = self.check_task_reached_start_time(state)
-            finished = self._all_upstream_finished(upstream_states) if stock else None
-            if finished is None:
+            checked = self._upstream_checks(upstream_states) if stock else None
+            if checked is None:
                 state = self.check_upstream_finished(state, upstream_states)
-            elif not finished:
-                return state, False  # the step's ENDRUN(state): unchanged, nothing announced
-            if not (stock and self._no_upstream_skip(upstream_states)):
                 state = self.check_upstream_skipped(state, upstream_states)
+            else:
+                finished, skipped = checked
+                if not finished:
+                    return state, False  # the step's ENDRUN(state): unchanged, nothing announced
+                if skipped:
+                    state = self.check_upstream_skipped(state, upstream_states)
             state, upstream_states = self.load_results(state, upstream_states)
             inputs = self.get_task_inputs(state, upstream_states)
             if is_mapped_parent:
@@ -313,21 +316,19 @@ class TaskRunner:
                 f"Task '{name}': Unexpected error while running task: {exc!r}", result=exc
             ), False
 
-    def _all_upstream_finished(self, upstream_states: Mapping[Edge, State]) -> bool | None:
-        """check_upstream_finished's test; None if it raised (the step then reports it)."""
+    def _upstream_checks(self, upstream_states: Mapping[Edge, State]) -> tuple[bool, bool] | None:
+        """The tests of check_upstream_finished and check_upstream_skipped, in one pass.
+
+        (all upstreams finished, the skip step would skip); None if a test raised
+        (the steps themselves then run and report it).
+        """
         try:
-            return all(s.is_finished() for s in self._upstream_set(upstream_states, True))
+            states = self._upstream_set(upstream_states, True)
+            finished = all(s.is_finished() for s in states)
+            skipped = self.task.skip_on_upstream_skip and any(s.is_skipped() for s in states)
         except Exception:
             return None
-
-    def _no_upstream_skip(self, upstream_states: Mapping[Edge, State]) -> bool:
-        """True when check_upstream_skipped would return its state unchanged."""
-        if not self.task.skip_on_upstream_skip:
-            return True
-        try:
-            return not any(s.is_skipped() for s in self._upstream_set(upstream_states, True))
-        except Exception:
-            return False  # let the step report it
+        return finished, skipped
 
     # ----- the steps, in pipeline order ----------------------------------------------------
 
