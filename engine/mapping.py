@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.edges import Edge
 from engine.results import Result
-from engine.state import Mapped, State
+from engine.state import Mapped, State, with_result
 
 
 def _is_nested(value: Any) -> bool:
@@ -31,7 +31,7 @@ def flatten_value(value: Any) -> Any:
 
 
 def _with_value(state: State, value: Any) -> State:
-    return state.copy_with(result=Result(value=value))
+    return with_result(state, Result(value=value))
 
 
 def flatten_mapped_children(children: Sequence[State | None]) -> list[State]:

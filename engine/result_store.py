@@ -22,7 +22,7 @@ from engine.results import (
     result_from_blob,
     result_to_blob,
 )
-from engine.state import State
+from engine.state import PLAIN_STATE_CLASSES, State, with_result
 
 _SELF_CONTAINED = (PrefectResult,)
 
@@ -130,11 +130,38 @@ def blob_of(state: State, store: ResultStore, key: str) -> dict[str, Any]:
     """`state.serialize()` with its result made addressable through `store`."""
     blob = state.serialize()
     if "_result" in blob and state._result is not NoResult:
-        blob["_result"] = store.persist(state._result, key)
+        reference = blob["_result"] = store.persist(state._result, key)
+        if type(store) is InMemoryResultStore:
+            _remember_hydrated(blob, store, state, reference)
     return blob
 
 
-_MEMO_LIMIT = 4096
+def _remember_hydrated(
+    blob: dict[str, Any], store: InMemoryResultStore, state: State, reference: dict[str, Any]
+) -> None:
+    """Memoise what `state_of(blob, store)` will return, when that is cheap to know.
+
+    In one process the blob just made is read back soon (by the downstream run,
+    a reduce, the run's outcome). For a state of a plain class with a text
+    message and neither context nor cached inputs, deserializing gives the same
+    state with the Result `store.hydrate` makes for its reference: built here
+    directly, exactly as `_plain_from_blob` and `hydrate` would build it.
+    """
+    message = state.message
+    location = reference.get("location")
+    if (
+        type(state) in PLAIN_STATE_CLASSES
+        and (message is None or type(message) is str)
+        and not state.context
+        and not state.cached_inputs
+        and reference.get("type") != "NoResultType"
+        and location in store._values
+    ):
+        hydrated = Result(value=store._values[location], location=location)
+        _remember(blob, store, with_result(state, hydrated))
+
+
+_MEMO_LIMIT = 1 << 15
 _memo: dict[tuple[int, int], tuple[dict[str, Any], ResultStore, State]] = {}
 
 
@@ -144,14 +171,19 @@ def state_of(blob: dict[str, Any], store: ResultStore) -> State:
     Blobs are never changed once made, and one blob object is often read many
     times (the upstream every mapped child receives, the Pending every child
     starts from), so states are memoised by blob identity. An entry holds its
-    blob, so an id cannot be reused while it is remembered.
+    blob, so an id cannot be reused while it is remembered. The memo holds a
+    whole 10,000-child map: a reduce's children are read again for the outcome.
     """
     key = (id(blob), id(store))
     hit = _memo.get(key)
     if hit is not None and hit[0] is blob:
         return hit[2]
     state = State.deserialize(blob, store.hydrate)
+    _remember(blob, store, state)
+    return state
+
+
+def _remember(blob: dict[str, Any], store: ResultStore, state: State) -> None:
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()
-    _memo[key] = (blob, store, state)
-    return state
+    _memo[(id(blob), id(store))] = (blob, store, state)

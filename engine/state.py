@@ -21,6 +21,7 @@ from engine.results import NoResult, Result, result_from_blob, result_to_blob
 from engine.version import ENGINE_VERSION
 
 __all__ = [
+    "PLAIN_STATE_CLASSES",
     "STATE_CLASSES",
     "Cached",
     "Cancelled",
@@ -46,6 +47,7 @@ __all__ = [
     "UnknownStateType",
     "ValidationFailed",
     "state_class",
+    "with_result",
 ]
 
 _set = object.__setattr__
@@ -826,6 +828,7 @@ _PLAIN_CLASSES: frozenset[type[State]] = frozenset(
     cls for cls in _PUBLIC if _has_only_base_fields(cls)
 )
 """Classes whose blobs hold only State's own fields (deserialized by `_plain_from_blob`)."""
+PLAIN_STATE_CLASSES = _PLAIN_CLASSES
 
 
 def state_class(name: object) -> type[State]:
@@ -834,3 +837,22 @@ def state_class(name: object) -> type[State]:
         return STATE_CLASSES[name]  # type: ignore[index]
     except (KeyError, TypeError):
         raise UnknownStateType(f"unknown state type {name!r}") from None
+
+
+def with_result(state: State, result: Any) -> State:
+    """`state.copy_with(result=result)`, without the keyword round trip for plain classes.
+
+    A mapped child receives its upstream's state with one element as result, so
+    this runs once per child and edge. For a class with only State's own fields
+    the copy shares the (already frozen, private) context and cached inputs and
+    sets the slots directly -- exactly what `copy_with` would produce.
+    """
+    cls = type(state)
+    if cls not in _PLAIN_CLASSES:
+        return state.copy_with(result=result)
+    new = object.__new__(cls)
+    _set(new, "message", state.message)
+    _set(new, "_result", _as_result(result))
+    _set(new, "context", state.context)
+    _set(new, "cached_inputs", state.cached_inputs)
+    return new

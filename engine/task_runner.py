@@ -41,6 +41,18 @@ from engine.task import Task
 from engine.timeouts import run_with_timeout
 
 Recorder = Callable[[State], None]
+_SKIPPABLE_STEPS = frozenset(
+    {
+        "check_task_is_ready",
+        "check_task_reached_start_time",
+        "check_upstream_finished",
+        "check_upstream_skipped",
+        "set_task_to_running",
+        "cache_result",
+        "check_for_retry",
+    }
+)
+"""Steps `_pipeline` skips (or inlines) where they could not change the state."""
 StepMethod = TypeVar("StepMethod", bound=Callable[..., State])
 
 
@@ -96,6 +108,13 @@ class TaskRunner:
         self.context: dict[str, Any] = {}
         self.result: Result = self._task_result()
         self._last_recorded: State | None = None
+
+    _stock_steps: bool = True
+    """True while the class runs TaskRunner's own steps (a subclass may override them)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._stock_steps = False
 
     def __repr__(self) -> str:
         return f"<TaskRunner: {self.task.name}>"
@@ -236,27 +255,50 @@ class TaskRunner:
     def _pipeline(
         self, state: State | None, upstream_states: dict[Edge, State], is_mapped_parent: bool
     ) -> tuple[State, bool]:
+        # A step that would hand `state` back unchanged announces nothing: on the
+        # common path (the stock steps, see _stock_steps) such steps are skipped.
+        # Each guard below is exactly that step's no-change case, and the pure
+        # checks fall back to the step itself should they raise.
+        task = self.task
+        stock = type(self)._stock_steps and self.__dict__.keys().isdisjoint(_SKIPPABLE_STEPS)
         try:
             state, self.context = self.initialize_run(state, self.context)
-            state = self.check_task_is_ready(state)
-            state = self.check_task_reached_start_time(state)
-            state = self.check_upstream_finished(state, upstream_states)
-            state = self.check_upstream_skipped(state, upstream_states)
+            if not (stock and isinstance(state, Pending)):
+                state = self.check_task_is_ready(state)
+            if not (stock and type(state) is Pending):
+                state = self.check_task_reached_start_time(state)
+            checked = self._upstream_checks(upstream_states) if stock else None
+            if checked is None:
+                state = self.check_upstream_finished(state, upstream_states)
+                state = self.check_upstream_skipped(state, upstream_states)
+            else:
+                finished, skipped = checked
+                if not finished:
+                    return state, False  # the step's ENDRUN(state): unchanged, nothing announced
+                if skipped:
+                    state = self.check_upstream_skipped(state, upstream_states)
             state, upstream_states = self.load_results(state, upstream_states)
             inputs = self.get_task_inputs(state, upstream_states)
             if is_mapped_parent:
                 state = self.check_task_ready_to_map(state, upstream_states)
             self.set_task_run_name(inputs)
-            if self.task.target is not None:
+            if task.target is not None:
                 state = self.check_target(state, inputs)
-            elif self.task.cache_for is not None or state.is_cached():
+            elif task.cache_for is not None or state.is_cached():
                 state = self.check_task_is_cached(state, inputs)
             # else: the cache check could only return `state` unchanged (no announcement)
             state = self.check_task_trigger(state, upstream_states)
-            state = self.set_task_to_running(state, inputs)
+            if stock and state.is_pending():
+                # set_task_to_running's only outcome from a pending state, announced
+                # exactly as its wrapper would.
+                state = self.handle_state_change(state, Running(message="Starting task run."))
+            else:
+                state = self.set_task_to_running(state, inputs)
             state = self.get_task_run_state(state, inputs)
-            state = self.cache_result(state, inputs)
-            state = self.check_for_retry(state, inputs)
+            if not (stock and task.cache_for is None):
+                state = self.cache_result(state, inputs)
+            if not (stock and not state.is_failed()):
+                state = self.check_for_retry(state, inputs)
             if isinstance(state, Looped):
                 return self.check_task_is_looping(
                     state, inputs, upstream_states, self.context
@@ -273,6 +315,20 @@ class TaskRunner:
             return Failed(
                 f"Task '{name}': Unexpected error while running task: {exc!r}", result=exc
             ), False
+
+    def _upstream_checks(self, upstream_states: Mapping[Edge, State]) -> tuple[bool, bool] | None:
+        """The tests of check_upstream_finished and check_upstream_skipped, in one pass.
+
+        (all upstreams finished, the skip step would skip); None if a test raised
+        (the steps themselves then run and report it).
+        """
+        try:
+            states = self._upstream_set(upstream_states, True)
+            finished = all(s.is_finished() for s in states)
+            skipped = self.task.skip_on_upstream_skip and any(s.is_skipped() for s in states)
+        except Exception:
+            return None
+        return finished, skipped
 
     # ----- the steps, in pipeline order ----------------------------------------------------
 
@@ -490,7 +546,14 @@ class TaskRunner:
                 return self.result.write(value, **self._format_kwargs(inputs))
             except ResultNotImplementedError:
                 pass
-        return self.result.copy_with(value=value)
+        result = self.result
+        if type(result) is Result:
+            # The usual in-memory Result: built directly (copy_with's generic slot loop
+            # would carry over exactly these fields).
+            return Result(
+                value, result.location, result.serializer, hash=result.hash, size=result.size
+            )
+        return result.copy_with(value=value)
 
     @call_state_handlers
     def cache_result(self, state: State, inputs: Mapping[str, Result]) -> State:

@@ -56,8 +56,14 @@ def manual_only(upstream_states: Mapping[Edge, State]) -> bool:
 
 def all_successful(upstream_states: Mapping[Edge, State]) -> bool:
     """Runs when every upstream succeeded (Skipped, Cached and Mapped count)."""
-    if not all(s.is_successful() for s in _unique_states(upstream_states)):
-        raise _fail("all_successful", "some of the upstream tasks failed.")
+    # The default trigger, so once per task run: "all" needs no de-duplication,
+    # so the states are checked where they are instead of collected first.
+    for state in upstream_states.values():
+        if state.is_mapped():
+            if not all(s.is_successful() for s in state.map_states if s is not None):  # type: ignore[attr-defined]
+                raise _fail("all_successful", "some of the upstream tasks failed.")
+        elif not state.is_successful():
+            raise _fail("all_successful", "some of the upstream tasks failed.")
     return True
 
 

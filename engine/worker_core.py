@@ -22,6 +22,7 @@ from engine.edges import Edge
 from engine.flow import Flow
 from engine.mapping import child_count, flattened, upstream_for_child, upstream_for_parent
 from engine.result_store import ResultStore, blob_of, state_of
+from engine.results import NoResult
 from engine.state import ClientFailed, Mapped, Running, State
 from engine.task import Task
 from engine.task_runner import TaskRunner
@@ -51,6 +52,36 @@ _make_proposal = maker(
     "final",
 )
 
+_STARTING_MESSAGE = "Starting task run."
+_STARTING_BLOB = Running(message=_STARTING_MESSAGE).serialize()
+"""The blob of (nearly) every claim: one shared dict (blobs are never changed once
+made), which also lets the ledger's validation memo hit (states.state_problem)."""
+
+
+def _is_starting(state: State) -> bool:
+    """True for a state whose blob is `_STARTING_BLOB` (what set_task_to_running makes)."""
+    return (
+        type(state) is Running
+        and state.message == _STARTING_MESSAGE
+        and state._result is NoResult
+        and not state.context
+        and not state.cached_inputs
+    )
+_causes: dict[int, tuple[WorkerIdentity, Cause]] = {}
+"""The proposals' Cause, per worker identity (both immutable): made once, not per run."""
+
+
+def _cause_of(worker: WorkerIdentity) -> Cause:
+    hit = _causes.get(id(worker))
+    if hit is not None and hit[0] is worker:
+        return hit[1]
+    if len(_causes) >= 64:
+        _causes.clear()
+    cause = construct(Cause, command_id=None, worker=worker)
+    _causes[id(worker)] = (worker, cause)
+    return cause
+
+
 Submit = Callable[[Command], list[Event] | None]
 """Sends a command; returns the ledger's facts answering it, or None when the
 shell does not wait for them (only ever for a Running claim)."""
@@ -70,7 +101,7 @@ class _Proposer:
     ) -> None:
         self.work, self.submit, self.next_id = work, submit, next_id
         self.store, self.clock, self.worker = store, clock, worker
-        self.cause = construct(Cause, command_id=None, worker=worker)
+        self.cause = _cause_of(worker)
         self.seq = work.expected_seq
         self.pending: State | None = None
         self.map_children: int | None = None
@@ -78,7 +109,8 @@ class _Proposer:
         n_map_states counts a flattened Mapped upstream's children, not their elements."""
 
     def record(self, state: State) -> None:
-        self._flush(final=False)
+        if self.pending is not None:
+            self._flush(final=False)
         if isinstance(state, Running):
             command, facts = self._send(state, final=False)
             if facts is not None and not _claim_accepted(command, facts):
@@ -106,7 +138,9 @@ class _Proposer:
             self.cause,
             self.seq,
             work.attempt,
-            blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
+            _STARTING_BLOB
+            if _is_starting(state)
+            else blob_of(state, self.store, f"{work.task_run_id}@{self.seq + 1}"),
             final,
         )
         if isinstance(state, Mapped) and self.map_children is not None:
@@ -116,12 +150,16 @@ class _Proposer:
 
 
 def _claim_accepted(command: TransitionProposed, facts: list[Event]) -> bool:
-    return any(
-        isinstance(f, TaskRunTransitioned)
-        and f.cause.command_id == command.event_id
-        and f.state.get("type") == "Running"
-        for f in facts
-    )
+    # Once per task run: a plain loop (no generator), the command id read once.
+    command_id = command.event_id
+    for f in facts:
+        if (
+            isinstance(f, TaskRunTransitioned)
+            and f.cause.command_id == command_id
+            and f.state.get("type") == "Running"
+        ):
+            return True
+    return False
 
 
 def _edge_lookup(flow: Flow, task: Task) -> dict[tuple[str, str | None, bool, bool], Edge]:

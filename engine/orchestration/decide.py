@@ -22,7 +22,7 @@ from engine.orchestration.dispatch import (
     parent_ready,
     work_item,
 )
-from engine.orchestration.evolve import apply_in_place, copy_view
+from engine.orchestration.evolve import apply_in_place, apply_state_change, copy_view
 from engine.orchestration.rules import (
     FAILED,
     FINISHED,
@@ -126,7 +126,12 @@ class _Decision:
 
     def append(self, event: Event) -> None:
         """Fold a fact into the working view at once and keep it."""
-        apply_in_place(self.view, event)
+        if self.events:
+            # Every fact of a command has the view's flow run, `now` and `cause`:
+            # the first one folded those in, so the later ones only change state.
+            apply_state_change(self.view, event)
+        else:
+            apply_in_place(self.view, event)
         self.events.append(event)
 
     def reject(

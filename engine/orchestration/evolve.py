@@ -81,6 +81,18 @@ def apply_in_place(view: FlowRunView, event: Event) -> None:
         apply(view, event)
 
 
+def apply_state_change(view: FlowRunView, event: Event) -> None:
+    """The part of `apply_in_place` that changes state, alone.
+
+    For `decide`'s later facts of one command: they carry the view's flow run id,
+    the command's time and its cause, all of which the command's first fact has
+    folded in already (so `apply_in_place` would find nothing else to change).
+    """
+    apply = _APPLY.get(type(event))
+    if apply is not None:
+        apply(view, event)
+
+
 def fold(
     events: Iterable[Event], start: FlowRunView | None = None, flow_run_id: str | None = None
 ) -> FlowRunView:
@@ -157,8 +169,9 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
     task_runs = view.task_runs
     old = task_runs.get(run_id)
     seq = fields["seq"]
-    if not _check_seq(old.seq if old else 0, seq, "task run", run_id):
-        return
+    current = old.seq if old else 0
+    if (seq is None or seq != current + 1) and not _check_seq(current, seq, "task run", run_id):
+        return  # a duplicate (the usual next seq skips the call; a gap raises in it)
     state = fields["state"]
     new_type: str = state["type"]
     final = fields["final"]

@@ -101,12 +101,31 @@ _DICT_FIELDS = ("_result", "context", "cached_inputs")
 _INT_FIELDS = ("run_count", "loop_count", "n_map_states")
 
 
+_VALID_LIMIT = 4096
+_valid: dict[int, Any] = {}
+
+
 def state_problem(blob: Any) -> str | None:
     """Why `blob` is not a valid state blob, or None when it is.
 
     A structural check (types of the fields the ledger reads), cheap enough for
-    every proposal; workers deserialize the full state when they run it.
+    every proposal; workers deserialize the full state when they run it. Blobs
+    are never changed once made, so the very same blob object found valid once
+    is valid again (in-process shells share blobs, e.g. every claim's Running):
+    valid blobs are remembered by identity. An entry holds its blob, so its id
+    cannot be reused while remembered.
     """
+    if _valid.get(id(blob)) is blob:
+        return None
+    problem = _state_problem(blob)
+    if problem is None:
+        if len(_valid) >= _VALID_LIMIT:
+            _valid.clear()
+        _valid[id(blob)] = blob
+    return problem
+
+
+def _state_problem(blob: Any) -> str | None:
     if not isinstance(blob, dict):
         return f"a state must be a JSON object, got {type(blob).__name__}"
     kind = blob.get("type")
@@ -134,5 +153,5 @@ def state_problem(blob: Any) -> str | None:
             return f"state {kind}: start_time must be an ISO-8601 time with an offset"
     inner = blob.get("state")
     if inner is not None:
-        return state_problem(inner)
+        return _state_problem(inner)
     return None
