@@ -114,7 +114,7 @@ PREFECT_SCRIPT = textwrap.dedent("""
     import json, sys, time, logging
     logging.disable(logging.CRITICAL)
     from prefect import Flow, task
-    n, chain = int(sys.argv[1]), sys.argv[2] == "chain"
+    n, chain, repeat = int(sys.argv[1]), sys.argv[2] == "chain", int(sys.argv[3])
     @task
     def inc(x): return x + 1
     @task
@@ -125,16 +125,21 @@ PREFECT_SCRIPT = textwrap.dedent("""
             for _ in range(n - 1): prev = inc(prev)
         else:
             total(inc.map(list(range(n))))
-    w0, c0 = time.perf_counter(), time.process_time()
-    state = flow.run()
-    print(json.dumps({"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
-                      "ok": state.is_successful()}))
+    best = None
+    for _ in range(repeat):  # best of `repeat`, as for ours
+        w0, c0 = time.perf_counter(), time.process_time()
+        state = flow.run()
+        run = {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0,
+               "ok": state.is_successful()}
+        if best is None or run["wall"] < best["wall"]:
+            best = run
+    print(json.dumps(best))
 """)
 
 
-def measure_prefect(python: str, name: str, n: int, chain: bool) -> Figure | None:
+def measure_prefect(python: str, name: str, n: int, chain: bool, repeat: int) -> Figure | None:
     done = subprocess.run(
-        [python, "-c", PREFECT_SCRIPT, str(n), "chain" if chain else "map"],
+        [python, "-c", PREFECT_SCRIPT, str(n), "chain" if chain else "map", str(repeat)],
         capture_output=True,
         text=True,
         timeout=1800,
@@ -144,6 +149,9 @@ def measure_prefect(python: str, name: str, n: int, chain: bool) -> Figure | Non
         print(f"Prefect baseline failed: {done.stderr[-500:]}", file=sys.stderr)
         return None
     data = json.loads(done.stdout.strip().splitlines()[-1])
+    if not data["ok"]:
+        print(f"Prefect baseline {name}: the flow run did not succeed", file=sys.stderr)
+        return None
     runs = n if chain else n + 2  # mapped parent + children + reduce, as ours
     return Figure(name, runs, data["wall"], data["cpu"], 0, 0.0)
 
@@ -152,7 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="inputs of the mapped task")
     parser.add_argument("--chain", type=int, default=200, help="length of the chain")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best kept)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per figure, Prefect's too (best kept)"
+    )
     default_prefect = Path(__file__).resolve().parents[1] / ".venv-prefect" / "bin" / "python"
     parser.add_argument(
         "--prefect-python",
@@ -181,9 +191,14 @@ def main() -> None:
                 f"Prefect 1.4.1: map {args.prefect_n} + reduce",
                 args.prefect_n,
                 False,
+                args.repeat,
             ),
             measure_prefect(
-                args.prefect_python, f"Prefect 1.4.1: chain {args.chain}", args.chain, True
+                args.prefect_python,
+                f"Prefect 1.4.1: chain {args.chain}",
+                args.chain,
+                True,
+                args.repeat,
             ),
         ):
             if fig is not None:
