@@ -112,10 +112,13 @@ def _subject(row: TimelineRow) -> str:
 
 
 def _state_cell(row: TimelineRow) -> Text:
+    """The new state of a transition; what happened, dimmed, for the other facts."""
     if row.kind == "transition_rejected":
         refused = f" {row.state_type}" if row.state_type else ""
         return Text(f"refused{refused}", style="bold red")
-    return Text(row.state_type or "", style=state_style(row.state_type))
+    if row.state_type is None:
+        return Text(_FACT_LABELS.get(row.kind, row.kind), style="dim")
+    return Text(row.state_type, style=state_style(row.state_type))
 
 
 _FACT_LABELS = {
@@ -129,32 +132,39 @@ _FACT_LABELS = {
 }
 
 
-def timeline_table(rows: Sequence[TimelineRow]) -> Table:
+def timeline_table(rows: Sequence[TimelineRow], *, one_task_run: bool = False) -> Table:
     """The audit trail as a table: one line per fact, in ledger order.
 
-    Command and event ids are left to ``--json``: at full length they would
-    squeeze the messages out of a terminal's width.
+    Times show as UTC times of day under a title naming the day(s), and
+    `one_task_run` (the ``--task`` view) moves the task run into the title: both
+    leave the width to the messages. Command and event ids are left to
+    ``--json``: at full length they would squeeze the messages out.
     """
-    table = Table(header_style="bold")
-    table.add_column("seq", justify="right")
-    table.add_column("occurred at (UTC)", no_wrap=True)
-    table.add_column("fact", no_wrap=True)
-    table.add_column("task run")
-    table.add_column("state")
-    table.add_column("attempt", justify="right")
-    table.add_column("message", overflow="fold", ratio=1)
-    table.add_column("worker", overflow="fold")
+    days = sorted({row.occurred_at.astimezone(UTC).date().isoformat() for row in rows})
+    span = days[0] if len(days) == 1 else " to ".join(days[:: len(days) - 1]) if days else ""
+    title = f"times UTC, {span}" if span else "times UTC"
+    if one_task_run and rows:
+        title = f"{_subject(rows[0])} — {title}"
+    table = Table(header_style="bold", title=title, title_justify="left")
+    table.add_column("seq", justify="right", no_wrap=True)
+    table.add_column("time", no_wrap=True)
+    if not one_task_run:
+        table.add_column("task run", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("message", overflow="fold", ratio=1, min_width=12)
+    table.add_column("worker", overflow="fold", max_width=20)
     for row in rows:
-        table.add_row(
+        cells = [
             "" if row.seq is None else str(row.seq),
-            iso(row.occurred_at, "milliseconds"),
-            _FACT_LABELS.get(row.kind, row.kind),
-            _subject(row),
+            row.occurred_at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3],
+            *(() if one_task_run else (_subject(row),)),
             _state_cell(row),
             "" if row.attempt is None else str(row.attempt),
             row.message or "",
             row.worker_id or "",
-        )
+        ]
+        table.add_row(*cells)
     return table
 
 

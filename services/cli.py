@@ -560,7 +560,7 @@ async def _history(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json_lines(audit.row_record(row) for row in rows)
     else:
-        Console().print(audit.timeline_table(rows))
+        Console().print(audit.timeline_table(rows, one_task_run=task_run is not None))
     return EXIT_OK
 
 

@@ -220,7 +220,8 @@ def test_history_prints_a_table_with_states_workers_and_messages(
         assert text in out, text
     assert "created" in out
     assert "dispatched" in out
-    assert "2024-05-01T12:00:10.000Z" in out
+    assert "times UTC, 2024-05-01" in out  # the day in the title, times of day in the rows
+    assert "12:00:10.000" in out
 
 
 def test_a_refused_command_is_in_the_history_with_its_reason(
@@ -308,3 +309,12 @@ def test_states_of_a_refused_run_gives_the_ledgers_reason(
     )
     assert main(["states", "refused"]) == 1
     assert "flow run refused was rejected: cannot load the flow" in capsys.readouterr().err
+
+
+def test_history_of_one_task_run_names_it_in_the_title_not_on_every_row(
+    served: list[Fact], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["history", FR, "--task", "flaky-1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("flaky-1 — times UTC, 2024-05-01")
+    assert "┃ task run" not in out  # no such column
