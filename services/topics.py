@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
 
+from services.kafka_admin import RunLedgerAdmin
 from services.settings import Settings, TopicName
 
 __all__ = [
@@ -105,7 +106,7 @@ class PartitionMismatchError(RuntimeError):
 
 
 class TopicAdmin(Protocol):
-    """What `reconcile_topics` needs of a started `AIOKafkaAdminClient`."""
+    """What `reconcile_topics` needs of a started admin client (`RunLedgerAdmin`)."""
 
     async def describe_topics(self, topics: list[str] | None = None) -> list[Any]: ...
 
@@ -116,6 +117,10 @@ class TopicAdmin(Protocol):
     async def describe_configs(self, config_resources: list[ConfigResource]) -> list[Any]: ...
 
     async def alter_configs(self, config_resources: list[ConfigResource]) -> list[Any]: ...
+
+    async def incremental_alter_configs(
+        self, resources: Iterable[tuple[int, str, Mapping[str, str]]]
+    ) -> list[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +139,12 @@ class _Change:
 class _Correction:
     topic: str
     changes: tuple[_Change, ...]
+    wanted: Mapping[str, str]
+    """RunLedger's configs of the topic, all set explicitly (also those that equal a
+    broker default now: a changed default must not change the topic)."""
     configs: Mapping[str, str]
-    """Every override the topic gets: AlterConfigs replaces a topic's whole set."""
+    """Every override the topic gets through AlterConfigs, which replaces the whole
+    set; IncrementalAlterConfigs sends only `wanted`."""
 
     def __str__(self) -> str:
         return f"{self.topic} ({', '.join(map(str, self.changes))})"
@@ -154,7 +163,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
 
     Partitions and replication come from `settings`. See `reconcile_topics`.
     """
-    admin = AIOKafkaAdminClient(
+    admin = RunLedgerAdmin(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),
@@ -327,16 +336,12 @@ def _correction(topic: str, described: _Described, wanted: Mapping[str, str]) ->
     if not changes:
         return None
     # The operator's other overrides (min.insync.replicas, ...) are carried over.
-    return _Correction(topic, changes, _frozen({**described.overrides, **wanted}))
+    return _Correction(topic, changes, wanted, _frozen({**described.overrides, **wanted}))
 
 
 async def _alter_configs(admin: TopicAdmin, corrections: list[_Correction]) -> None:
-    resources = [
-        ConfigResource(ConfigResourceType.TOPIC, c.topic, configs=dict(c.configs))
-        for c in corrections
-    ]
     try:
-        responses = await admin.alter_configs(resources)
+        responses = await _send_alterations(admin, corrections)
     except KafkaError as exc:
         log.warning(
             "the broker cannot alter topic configs (%r): these topics keep configs "
@@ -352,6 +357,21 @@ async def _alter_configs(admin: TopicAdmin, corrections: list[_Correction]) -> N
             log.warning("changed the configs of topic %s", correction)
         else:
             log.warning("could not change the configs of topic %s: %s", correction, error)
+
+
+async def _send_alterations(admin: TopicAdmin, corrections: list[_Correction]) -> list[Any]:
+    """IncrementalAlterConfigs of RunLedger's keys; AlterConfigs where it is missing."""
+    try:
+        return await admin.incremental_alter_configs(
+            [(ConfigResourceType.TOPIC, c.topic, dict(c.wanted)) for c in corrections]
+        )
+    except IncompatibleBrokerVersion:
+        pass  # a broker before Kafka 2.3: the old request, which replaces every override
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, c.topic, configs=dict(c.configs))
+        for c in corrections
+    ]
+    return list(await admin.alter_configs(resources))
 
 
 def _resource_errors(responses: Iterable[Any]) -> dict[str, str]:

@@ -3,9 +3,9 @@
 Measured on Tansu 0.6: DescribeConfigs answers with the values set at creation
 (but reports them as config_source 5, DEFAULT_CONFIG, lists no config that was not
 set, and gives an unknown topic no error); AlterConfigs is not in its ApiVersions,
-so aiokafka refuses to send it (IncrementalAlterConfigs is, and works, but aiokafka
-0.14 has no client for it); a Metadata request naming a missing topic creates it.
-The correcting path is covered against a fake admin in
+IncrementalAlterConfigs is (services/kafka_admin.py sends it); a Metadata request
+naming a missing topic creates it. The fallback to AlterConfigs and the brokers
+that can do neither are covered against a fake admin in
 tests/services/test_topics_reconcile.py.
 """
 
@@ -87,22 +87,23 @@ async def test_topics_that_ensure_topics_created_are_left_alone_without_a_warnin
     assert _warnings(caplog) == []
 
 
-async def test_a_hand_made_ledger_topic_with_a_short_compacted_retention_is_reported_not_fatal(
+async def test_a_hand_made_ledger_topic_with_a_short_compacted_retention_is_set_back(
     kafka_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Tansu cannot alter configs: ensure_topics says what it would change, and goes on."""
     ledger = kafka_settings.topic("ledger")
     wrong = {"retention.ms": "1000", "cleanup.policy": "compact"}
     await _create_by_hand(kafka_settings, {ledger: kafka_settings.partitions}, wrong)
     await ensure_topics(kafka_settings)
-    [warning] = _warnings(caplog)
-    assert warning.startswith("the broker cannot alter topic configs")
-    assert f"{ledger} (cleanup.policy from compact to delete, retention.ms from 1000 to -1)" in (
-        warning
-    )
+    assert _warnings(caplog) == [
+        f"changed the configs of topic {ledger} "
+        "(cleanup.policy from compact to delete, retention.ms from 1000 to -1)"
+    ]
     partitions, configs = await _layout(kafka_settings)
-    assert len(partitions) == len(TOPICS)  # the missing three were still created
-    assert configs[ledger] == wrong  # what Tansu does today; real Kafka gets corrected
+    assert len(partitions) == len(TOPICS)  # the missing three were created too
+    assert configs[ledger] == {"retention.ms": "-1", "cleanup.policy": "delete"}
+    caplog.clear()
+    await ensure_topics(kafka_settings)
+    assert _warnings(caplog) == []  # corrected for good: nothing to change the next time
 
 
 async def test_commands_and_ledger_with_different_partition_counts_raise_naming_both(

@@ -1,13 +1,15 @@
 """ensure_topics' reconcile logic against a fake admin client that answers like Kafka.
 
-The embedded broker (Tansu 0.6) describes topic configs but does not offer
-AlterConfigs, so the correcting path is proven here; tests/integration/test_topics.py
-covers what the real broker does.
+Corrections go as IncrementalAlterConfigs (only the changed keys), or as
+AlterConfigs (every override at once) to a broker without it; the embedded broker
+(Tansu 0.6) has only the first. tests/integration/test_topics.py covers what the
+real broker does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from aiokafka.protocol.admin import (
     DescribeConfigsResponse_v2,
 )
 
+from services.kafka_admin import IncrementalAlterConfigsResponse_v0
 from services.settings import Settings
 from services.topics import (
     RETENTION_FOREVER_MS,
@@ -54,9 +57,11 @@ class FakeAdmin:
     describe_version: int = 2
     can_describe: bool = True
     can_alter: bool = True
+    can_alter_incrementally: bool = True
     alter_error: dict[str, int] = field(default_factory=dict)
     describe_error: dict[str, int] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    sent_keys: dict[str, set[str]] = field(default_factory=dict)
 
     async def describe_topics(self, topics: list[str] | None = None) -> list[Any]:
         self.calls.append("describe_topics")
@@ -111,6 +116,22 @@ class FakeAdmin:
             results.append((code, "refused" if code else None, 2, resource.name))
         return [AlterConfigsResponse_v1(throttle_time_ms=0, resources=results)]
 
+    async def incremental_alter_configs(
+        self, sent: Iterable[tuple[int, str, Mapping[str, str]]]
+    ) -> list[Any]:
+        self.calls.append("incremental_alter_configs")
+        if not self.can_alter_incrementally:
+            raise IncompatibleBrokerVersion("IncrementalAlterConfigsRequest cannot be used")
+        resources = list(sent)
+        self.sent_keys = {name: set(configs) for _kind, name, configs in resources}
+        results = []
+        for _kind, name, configs in resources:
+            code = self.alter_error.get(name, 0)
+            if not code:
+                self.topics[name].overrides.update(configs)
+            results.append((code, "refused" if code else None, 2, name))
+        return [IncrementalAlterConfigsResponse_v0(throttle_time_ms=0, resources=results)]
+
 
 def _settings(partitions: int = 4) -> Settings:
     return Settings(topic_prefix="rl.", partitions=partitions)
@@ -157,7 +178,7 @@ async def test_a_ledger_topic_with_a_finite_retention_and_compaction_is_set_back
         "retention.ms": FOREVER,
         "cleanup.policy": "delete",
     }
-    assert admin.calls == ["describe_topics", "describe_configs", "alter_configs"]
+    assert admin.calls == ["describe_topics", "describe_configs", "incremental_alter_configs"]
     assert _warnings(caplog) == [
         "changed the configs of topic rl.ledger "
         "(cleanup.policy from compact to delete, retention.ms from 1000 to -1)"
@@ -192,6 +213,27 @@ async def test_other_overrides_of_a_corrected_topic_are_kept() -> None:
     }
 
 
+async def test_only_runledgers_keys_are_sent_and_other_overrides_are_not_resent() -> None:
+    topics = _complete()
+    topics["rl.work"].overrides = {"retention.ms": "1000", "min.insync.replicas": "2"}
+    admin = FakeAdmin(topics=topics)
+    await reconcile_topics(admin, _settings())
+    assert admin.sent_keys == {"rl.work": {"retention.ms", "cleanup.policy"}}
+
+
+async def test_a_broker_without_incremental_alter_gets_alter_configs_with_every_override() -> None:
+    topics = _complete()
+    topics["rl.work"].overrides = {"retention.ms": "1000", "min.insync.replicas": "2"}
+    admin = FakeAdmin(topics=topics, can_alter_incrementally=False)
+    await reconcile_topics(admin, _settings())
+    assert admin.calls[-2:] == ["incremental_alter_configs", "alter_configs"]
+    assert admin.topics["rl.work"].overrides == {
+        "retention.ms": WEEK,
+        "cleanup.policy": "delete",
+        "min.insync.replicas": "2",
+    }
+
+
 async def test_a_version_0_describe_answer_is_understood_too() -> None:
     topics = _complete()
     topics["rl.commands"].overrides = {"retention.ms": "1000", "segment.ms": "60000"}
@@ -210,7 +252,7 @@ async def test_all_corrections_go_in_one_alter_call() -> None:
         topic.overrides = {"cleanup.policy": "compact"}
     admin = FakeAdmin(topics=topics)
     await reconcile_topics(admin, _settings())
-    assert admin.calls.count("alter_configs") == 1
+    assert admin.calls.count("incremental_alter_configs") == 1
     assert admin.topics == _complete()
 
 
@@ -220,7 +262,7 @@ async def test_a_broker_without_alter_configs_gets_one_warning_and_no_crash(
     topics = _complete()
     topics["rl.ledger"].overrides = {"retention.ms": "1000", "cleanup.policy": "delete"}
     topics["rl.work"].overrides = {"retention.ms": WEEK, "cleanup.policy": "compact"}
-    admin = FakeAdmin(topics=topics, can_alter=False)
+    admin = FakeAdmin(topics=topics, can_alter=False, can_alter_incrementally=False)
     await reconcile_topics(admin, _settings())
     [warning] = _warnings(caplog)
     assert warning.startswith("the broker cannot alter topic configs")
