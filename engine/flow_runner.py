@@ -154,12 +154,24 @@ class FlowRunner:
         on_paused: OnPaused | None = None,
         flow_run_id: str | None = None,
         context: Mapping[str, Any] | None = None,
+        reuse: Mapping[str, dict[str, Any]] | None = None,
+        rerun_of: str | None = None,
     ) -> RunOutcome:
-        """Run until the flow finishes, or stalls on a pause nobody approves."""
+        """Run until the flow finishes, or stalls on a pause nobody approves.
+
+        A re-run passes `reuse` (task slug -> the finished state blob of that task
+        run in flow run `rerun_of`, e.g. from `outcome.view`): each successful,
+        unmapped task among them starts Cached with the earlier result instead of
+        running. The earlier result must be in this runner's store (the same
+        FlowRunner, or a shared store).
+        """
         parameters = dict(parameters or {})
         _check_parameters(self.flow, parameters)
         ledger = LocalLedger(flow_run_id or str(uuid.uuid4()), self.clock)
         plan = plan_of(self.flow, lambda value, slug: self._persist_constant(value, slug))
+        run_context = dict(context or {})
+        if rerun_of is not None:
+            run_context["rerun_of"] = rerun_of
         ledger.submit(
             RunRequested(
                 event_id=ledger.next_id(),
@@ -168,7 +180,8 @@ class FlowRunner:
                 flow_ref=FlowRef(kind="import", path="__local__:flow"),
                 parameters=parameters,
                 plan=plan,
-                context=dict(context or {}),
+                context=run_context,
+                reuse=dict(reuse or {}),
             )
         )
         handlers = list(task_runner_state_handlers or ())

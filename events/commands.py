@@ -17,13 +17,17 @@ class RunRequested(Command):
     """Start a flow run (the flow run id is chosen by the client)."""
 
     type: Literal["run_requested"] = "run_requested"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     flow_ref: FlowRef
     parameters: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = None
     plan: FlowPlan | None = None
     """Filled in by the ledger shell when the client sends none."""
     context: dict[str, Any] = Field(default_factory=dict)
+    reuse: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """A re-run (v2): task slug -> the finished state blob of that task run in an
+    earlier run of the flow (`context["rerun_of"]`); a successful one is reused
+    (the run starts Cached with its result reference) instead of running again."""
 
 
 class TransitionProposed(Command):

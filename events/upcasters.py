@@ -16,3 +16,10 @@ def task_run_transitioned_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
     """v2 added `attempt`; v1 records predate attempt tracking: attempt 1."""
     payload.setdefault("attempt", 1)
     return payload
+
+
+@upcaster("run_requested", from_version=1)
+def run_requested_v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 added `reuse` (re-runs); a v1 request reuses nothing."""
+    payload.setdefault("reuse", {})
+    return payload

@@ -245,6 +245,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     run.add_argument(
         "--detach", action="store_true", help="print the flow run id and exit without waiting"
     )
+    _add_rerun_command(sub)
     cancel = _add(sub, "cancel", cmd_cancel, summary="cancel a running flow run")
     cancel.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
     cancel.add_argument("--reason", default=None, help="recorded with the cancellation")
@@ -263,6 +264,34 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--markdown",
         action="store_true",
         help="print the documentation table of every setting instead (as in the README)",
+    )
+
+
+def _add_rerun_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rerun = _add(
+        sub,
+        "rerun",
+        cmd_rerun,
+        summary="re-run a finished flow run, reusing the results of the task runs that "
+        "succeeded; wait for it; exit 0 only if it succeeded",
+    )
+    rerun.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
+    rerun.add_argument("--watch", action="store_true", help="show a live table of task states")
+    rerun.add_argument(
+        "--idempotency-key",
+        default=None,
+        metavar="KEY",
+        help="the same key always names the same new flow run: a repeated rerun starts nothing new",
+    )
+    rerun.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="stop waiting after S seconds (exit 3; the run goes on)",
+    )
+    rerun.add_argument(
+        "--detach", action="store_true", help="print the new flow run id and exit without waiting"
     )
 
 
@@ -478,24 +507,53 @@ async def _run(args: argparse.Namespace, settings: Settings, parameters: dict[st
             print(run_id)
             return EXIT_OK
         console.print(f"submitted flow run [bold]{run_id}[/] ({args.flow})", highlight=False)
-        try:
-            if args.watch:
-                progress = await watch_run(client, run_id, console=console, timeout=args.timeout)
-            else:
-                progress = RunProgress.from_view(await client.wait(run_id, args.timeout))
-                console.print(render(progress))
-        except RunRejected as exc:
-            return _fail("run", str(exc))
-        except TimeoutError as exc:
-            return _fail("run", f"{exc}; it goes on (runledger cancel {run_id})", EXIT_TIMEOUT)
+        return await _follow("run", client, run_id, args, console)
+
+
+async def _follow(
+    name: str, client: Client, run_id: str, args: argparse.Namespace, console: Console
+) -> int:
+    """Wait for a submitted run (live with --watch); exit 0 only if it succeeded."""
+    try:
+        if args.watch:
+            progress = await watch_run(client, run_id, console=console, timeout=args.timeout)
+        else:
+            progress = RunProgress.from_view(await client.wait(run_id, args.timeout))
+            console.print(render(progress))
+    except RunRejected as exc:
+        return _fail(name, str(exc))
+    except TimeoutError as exc:
+        return _fail(name, f"{exc}; it goes on (runledger cancel {run_id})", EXIT_TIMEOUT)
     if progress.run_rejected is not None:
-        return _fail("run", f"flow run {run_id} was rejected: {progress.run_rejected}")
+        return _fail(name, f"flow run {run_id} was rejected: {progress.run_rejected}")
     if progress.successful:
         console.print(f"flow run {run_id} finished: [green]{progress.flow_state}[/]")
         return EXIT_OK
-    return _fail(
-        "run", f"flow run {run_id} finished {progress.flow_state}: {progress.flow_message}"
-    )
+    return _fail(name, f"flow run {run_id} finished {progress.flow_state}: {progress.flow_message}")
+
+
+def cmd_rerun(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-run a finished flow run, reusing what succeeded; then as `run` (wait, --watch)."""
+    if args.detach and args.watch:
+        return _fail("rerun", "--detach and --watch exclude each other", EXIT_USAGE)
+    return _run_async("rerun", _rerun(args, settings))
+
+
+async def _rerun(args: argparse.Namespace, settings: Settings) -> int:
+    console = Console()
+    async with Client(settings) as client:
+        try:
+            run_id = await client.rerun(args.flow_run_id, idempotency_key=args.idempotency_key)
+        except (LookupError, ValueError) as exc:
+            return _fail("rerun", str(exc))
+        if args.detach:
+            print(run_id)
+            return EXIT_OK
+        console.print(
+            f"submitted flow run [bold]{run_id}[/] (a re-run of {args.flow_run_id})",
+            highlight=False,
+        )
+        return await _follow("rerun", client, run_id, args, console)
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:

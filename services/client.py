@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from engine.orchestration import FlowRunView, evolve
 from engine.orchestration.history import check_as_of, fold_as_of
 from engine.orchestration.rules import FINISHED, SUCCESSFUL
+from engine.orchestration.states import REUSABLE
 from engine.result_store import FSResultStore
 from events import (
     CancelRequested,
@@ -107,6 +108,31 @@ def _command_id_for(flow_run_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}"))
+
+
+def reusable_states(view: FlowRunView) -> dict[str, dict[str, Any]]:
+    """What a re-run of `view`'s flow run may reuse: slug -> finished state blob.
+
+    Every task run resting in Success or Cached, except parameters and constants
+    (they are set anew from the request and the plan) and mapped tasks (their
+    children are not reused this way: a mapped task runs again as a whole).
+    """
+    if view.index is None:
+        return {}
+    index = view.index
+    reuse: dict[str, dict[str, Any]] = {}
+    for record in view.task_runs.values():
+        task = index.tasks.get(record.slug)
+        if (
+            record.map_index is None
+            and task is not None
+            and task.kind == "task"
+            and record.slug not in index.mapped_slugs
+            and record.rests_finished
+            and record.state_type in REUSABLE
+        ):
+            reuse[record.slug] = record.state
+    return reuse
 
 
 def flow_run_id_of_task_run(task_run_id: str) -> str:
@@ -425,6 +451,39 @@ class Client:
         )
         await self.send(command)
         return flow_run_id
+
+    async def rerun(self, flow_run_id: str, *, idempotency_key: str | None = None) -> str:
+        """Re-run a finished flow run: same flow, parameters and context; returns the new id.
+
+        The task runs that succeeded before (`reusable_states`) are reused: they
+        start Cached with their earlier results, and the rest runs from there
+        (the failures and what depends on them). The new run's context has
+        `rerun_of` = `flow_run_id`. Raises `LookupError` for an unknown flow run
+        and `ValueError` while it is not finished.
+        """
+        earlier = await self.view(flow_run_id)
+        if not earlier.created or earlier.flow_ref is None:
+            raise LookupError(f"unknown flow run {flow_run_id}")
+        if not earlier.is_finished():
+            raise ValueError(
+                f"flow run {flow_run_id} is {earlier.flow_state_type}, not finished: "
+                "only a finished flow run can be re-run"
+            )
+        new_run_id = flow_run_id_for(idempotency_key)
+        command = RunRequested(
+            event_id=_command_id_for(new_run_id, idempotency_key),
+            flow_run_id=new_run_id,
+            occurred_at=datetime.now(UTC),
+            cause=Cause(worker=self.identity),
+            flow_ref=earlier.flow_ref,
+            parameters=dict(earlier.parameters),
+            idempotency_key=idempotency_key,
+            plan=None,  # the ledger loads the flow and plans it, as for submit
+            context={**earlier.context, "rerun_of": flow_run_id},
+            reuse=reusable_states(earlier),
+        )
+        await self.send(command)
+        return new_run_id
 
     async def _flow_ref(self, flow_ref: str | FlowRef | Flow) -> FlowRef:
         if isinstance(flow_ref, FlowRef):

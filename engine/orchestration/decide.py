@@ -234,9 +234,32 @@ def _run_requested(d: _Decision) -> None:
     for task in command.plan.tasks:
         if task.kind == "constant":
             d.move(d.view.record(task.slug), task.slug, None, blobs.constant_success(task.constant))
+    if command.reuse:
+        _reuse_earlier_results(d, command)
     for task in command.plan.tasks:
         _try_parent(d, task.slug)
     _finish_flow_if_done(d)
+
+
+def _reuse_earlier_results(d: _Decision, command: RunRequested) -> None:
+    """A re-run: the earlier run's successful task runs start Cached, with their results.
+
+    Only a plain task (not a parameter or constant) that is not mapped qualifies:
+    a mapped parent's children are not reused this way. An entry for another slug,
+    or with an invalid or unsuccessful blob, is ignored (that task runs as usual);
+    the Cached facts themselves record what was reused.
+    """
+    index = d.view.index
+    assert index is not None
+    rerun_of = command.context.get("rerun_of")
+    for slug, earlier in command.reuse.items():
+        task = index.tasks.get(slug)
+        if task is None or task.kind != "task" or slug in index.mapped_slugs:
+            continue
+        if blobs.state_problem(earlier) is not None or earlier["type"] not in blobs.REUSABLE:
+            continue
+        state = blobs.reused(earlier, rerun_of if isinstance(rerun_of, str) else None)
+        d.move(d.view.record(slug), slug, None, state)
 
 
 # ----- proposals from workers -------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.state import (
     STATE_CLASSES,
+    Cached,
     Cancelled,
     Cancelling,
     Failed,
@@ -49,6 +50,20 @@ def constant_success(result_blob: dict[str, Any] | None) -> dict[str, Any]:
     blob = Success().serialize()  # Prefect sets it without a message
     if result_blob is not None:
         blob["_result"] = result_blob
+    return blob
+
+
+REUSABLE = frozenset({"Success", "Cached"})
+"""State types of an earlier run's task run that a re-run may reuse."""
+
+
+def reused(earlier: dict[str, Any], rerun_of: str | None) -> dict[str, Any]:
+    """The Cached a re-run starts a task run in: the earlier run's result reference kept."""
+    where = f"flow run {rerun_of}" if rerun_of else "an earlier flow run"
+    blob = Cached(f"Reused the result of {where}").serialize()
+    result = earlier.get("_result")
+    if result is not None:
+        blob["_result"] = result
     return blob
 
 

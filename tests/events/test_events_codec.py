@@ -143,7 +143,16 @@ def test_a_schema_version_below_one_is_malformed(version: int) -> None:
 def test_a_future_schema_version_is_unsupported() -> None:
     """A record newer than this consumer knows is refused, not guessed at."""
     with pytest.raises(UnsupportedSchemaVersion, match="newer"):
-        decode(record(schema_version=2))
+        decode(record(schema_version=3))
+
+
+def test_a_v1_run_request_is_upcast_to_reuse_nothing() -> None:
+    """run_requested v1 predates re-runs: it comes back at v2 with an empty `reuse`."""
+    data = record(schema_version=1, reuse=None)
+    event = decode(data)
+    assert isinstance(event, RunRequested)
+    assert event.schema_version == 2
+    assert event.reuse == {}
 
 
 def test_missing_fields_are_listed_with_the_record_identity() -> None:

@@ -138,6 +138,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "idempotency_key": texts,
     "plan": plans(),
     "context": json_objects,
+    "reuse": st.dictionaries(ids, json_objects, max_size=3),
     "expected_seq": small_ints,
     "attempt": small_ints,
     "state": json_objects,

@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "serve",
     "dev",
     "run",
+    "rerun",
     "cancel",
     "resume",
     "demo",
@@ -116,6 +117,9 @@ def test_run_parses_every_option() -> None:
         (["serve", "--concurrency", "-1"], "expected a positive integer"),
         (["dev", "--port", "70000"], "expected a TCP port (0-65535), got 70000"),
         (["cancel"], "the following arguments are required: FLOW_RUN_ID"),
+        (["rerun"], "the following arguments are required: FLOW_RUN_ID"),
+        (["rerun", "run-1/task-1"], "is not a flow run id"),
+        (["rerun", "run-1", "--timeout", "0"], "expected a positive number of seconds"),
         (["cancel", "run-1/task-1"], "is not a flow run id"),
         (["resume", "run-1"], "is not a task run id (expected FLOW_RUN_ID/TASK_SLUG[/MAP_INDEX])"),
         (["resume", "run-1/t", "--timeout", "-3"], "expected a positive number of seconds"),
@@ -141,6 +145,25 @@ def test_detach_and_watch_exclude_each_other(capsys: pytest.CaptureFixture[str])
     assert "--detach and --watch exclude each other" in capsys.readouterr().err
 
 
+def test_rerun_parses_every_option() -> None:
+    args = build_parser().parse_args(
+        ["rerun", "run-1", "--watch", "--timeout", "2.5", "--idempotency-key", "again"]
+    )
+    assert args.flow_run_id == "run-1"
+    assert args.watch is True
+    assert args.timeout == 2.5
+    assert args.idempotency_key == "again"
+    assert args.detach is False
+    assert args.command is cli.cmd_rerun
+    detached = build_parser().parse_args(["rerun", "run-1", "--detach"])
+    assert (detached.detach, detached.watch, detached.timeout) == (True, False, None)
+
+
+def test_rerun_detach_and_watch_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rerun", "run-1", "--detach", "--watch"]) == 2
+    assert "runledger rerun: --detach and --watch exclude each other" in capsys.readouterr().err
+
+
 def test_invalid_configuration_exits_2_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -163,6 +186,7 @@ def _closed_port() -> int:
     "argv",
     [
         ["run", "examples.hello:flow"],
+        ["rerun", "some-run"],
         ["cancel", "some-run"],
         ["resume", "some-run/greet-1"],
     ],
@@ -203,3 +227,36 @@ def test_broker_keeps_its_options() -> None:
 def test_broker_refuses_a_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["broker", "--host", "0.0.0.0"]) == 2
     assert "binds loopback addresses only" in capsys.readouterr().err
+
+
+class _RefusingClient:
+    """Stands in for Client in `runledger rerun`: the earlier run is not re-runnable."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def __aenter__(self) -> _RefusingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def rerun(self, flow_run_id: str, *, idempotency_key: str | None = None) -> str:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LookupError("unknown flow run run-1"),
+        ValueError("flow run run-1 is Running, not finished"),
+    ],
+)
+def test_rerun_of_an_unknown_or_unfinished_run_exits_1_with_the_reason(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "Client", lambda settings: _RefusingClient(error))
+    assert main(["rerun", "run-1"]) == 1
+    err = capsys.readouterr().err
+    assert f"runledger rerun: {error}" in err
+    assert "Traceback" not in err
