@@ -228,23 +228,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="KEY=VALUE",
         help="a flow parameter (repeatable); the value is JSON if it parses, else text",
     )
-    run.add_argument("--watch", action="store_true", help="show a live table of task states")
-    run.add_argument(
-        "--idempotency-key",
-        default=None,
-        metavar="KEY",
-        help="the same key always names the same flow run: a repeated run starts nothing new",
-    )
-    run.add_argument(
-        "--timeout",
-        type=positive_float,
-        default=None,
-        metavar="S",
-        help="stop waiting after S seconds (exit 3; the run goes on)",
-    )
-    run.add_argument(
-        "--detach", action="store_true", help="print the flow run id and exit without waiting"
-    )
+    _add_follow_options(run)
     _add_rerun_command(sub)
     cancel = _add(sub, "cancel", cmd_cancel, summary="cancel a running flow run")
     cancel.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
@@ -276,22 +260,30 @@ def _add_rerun_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "succeeded; wait for it; exit 0 only if it succeeded",
     )
     rerun.add_argument("flow_run_id", type=flow_run_id, metavar="FLOW_RUN_ID")
-    rerun.add_argument("--watch", action="store_true", help="show a live table of task states")
-    rerun.add_argument(
+    _add_follow_options(rerun, new="new ")
+
+
+def _add_follow_options(parser: argparse.ArgumentParser, new: str = "") -> None:
+    """What `run` and `rerun` share: how the started flow run is followed."""
+    parser.add_argument("--watch", action="store_true", help="show a live table of task states")
+    parser.add_argument(
         "--idempotency-key",
         default=None,
         metavar="KEY",
-        help="the same key always names the same new flow run: a repeated rerun starts nothing new",
+        help=f"the same key always names the same {new}flow run: a repeated "
+        f"{parser.prog.split()[-1]} starts nothing new",
     )
-    rerun.add_argument(
+    parser.add_argument(
         "--timeout",
         type=positive_float,
         default=None,
         metavar="S",
         help="stop waiting after S seconds (exit 3; the run goes on)",
     )
-    rerun.add_argument(
-        "--detach", action="store_true", help="print the new flow run id and exit without waiting"
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help=f"print the {new}flow run id and exit without waiting",
     )
 
 

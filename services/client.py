@@ -437,17 +437,29 @@ class Client:
         _check_json("parameters", params)
         extra = dict(context or {})
         _check_json("context", extra)
+        return await self._request_run(ref, params, extra, idempotency_key)
+
+    async def _request_run(
+        self,
+        flow_ref: FlowRef,
+        parameters: dict[str, Any],
+        context: dict[str, Any],
+        idempotency_key: str | None,
+        reuse: dict[str, dict[str, Any]] | None = None,
+    ) -> str:
+        """Send a RunRequested for a new flow run (its id derived from the key); the id."""
         flow_run_id = flow_run_id_for(idempotency_key)
         command = RunRequested(
             event_id=_command_id_for(flow_run_id, idempotency_key),
             flow_run_id=flow_run_id,
             occurred_at=datetime.now(UTC),
             cause=Cause(worker=self.identity),
-            flow_ref=ref,
-            parameters=params,
+            flow_ref=flow_ref,
+            parameters=parameters,
             idempotency_key=idempotency_key,
             plan=None,  # the ledger loads the flow and plans it
-            context=extra,
+            context=context,
+            reuse=reuse or {},
         )
         await self.send(command)
         return flow_run_id
@@ -469,21 +481,13 @@ class Client:
                 f"flow run {flow_run_id} is {earlier.flow_state_type}, not finished: "
                 "only a finished flow run can be re-run"
             )
-        new_run_id = flow_run_id_for(idempotency_key)
-        command = RunRequested(
-            event_id=_command_id_for(new_run_id, idempotency_key),
-            flow_run_id=new_run_id,
-            occurred_at=datetime.now(UTC),
-            cause=Cause(worker=self.identity),
-            flow_ref=earlier.flow_ref,
-            parameters=dict(earlier.parameters),
-            idempotency_key=idempotency_key,
-            plan=None,  # the ledger loads the flow and plans it, as for submit
-            context={**earlier.context, "rerun_of": flow_run_id},
+        return await self._request_run(
+            earlier.flow_ref,
+            dict(earlier.parameters),
+            {**earlier.context, "rerun_of": flow_run_id},
+            idempotency_key,
             reuse=reusable_states(earlier),
         )
-        await self.send(command)
-        return new_run_id
 
     async def _flow_ref(self, flow_ref: str | FlowRef | Flow) -> FlowRef:
         if isinstance(flow_ref, FlowRef):
