@@ -41,6 +41,8 @@ from engine.task import Task
 from engine.timeouts import run_with_timeout
 
 Recorder = Callable[[State], None]
+STARTING_MESSAGE = "Starting task run."
+"""The message of the Running a claim is (set_task_to_running's only outcome)."""
 _SKIPPABLE_STEPS = frozenset(
     {
         "check_task_is_ready",
@@ -291,7 +293,7 @@ class TaskRunner:
             if stock and state.is_pending():
                 # set_task_to_running's only outcome from a pending state, announced
                 # exactly as its wrapper would.
-                state = self.handle_state_change(state, Running(message="Starting task run."))
+                state = self.handle_state_change(state, Running(message=STARTING_MESSAGE))
             else:
                 state = self.set_task_to_running(state, inputs)
             state = self.get_task_run_state(state, inputs)
@@ -506,7 +508,7 @@ class TaskRunner:
         """Claim the run: Pending becomes Running; anything else ends here."""
         if not state.is_pending():
             raise signals.ENDRUN(state)
-        return Running(message="Starting task run.")
+        return Running(message=STARTING_MESSAGE)
 
     @call_state_handlers
     def get_task_run_state(self, state: State, inputs: Mapping[str, Result]) -> State:

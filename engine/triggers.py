@@ -8,7 +8,7 @@ the same state object reached through two edges counts once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine import signals
@@ -21,15 +21,22 @@ if TYPE_CHECKING:
 Trigger = Callable[[Mapping["Edge", "State"]], bool]
 
 
+def _expanded_states(upstream_states: Mapping[Edge, State]) -> Iterator[State]:
+    """Each upstream state, a Mapped one replaced by its children (in place, no copies)."""
+    for state in upstream_states.values():
+        if state.is_mapped():
+            yield from (s for s in state.map_states if s is not None)  # type: ignore[attr-defined]
+        else:
+            yield state
+
+
 def _unique_states(upstream_states: Mapping[Edge, State]) -> list[State]:
     seen: set[int] = set()
     states: list[State] = []
-    for state in upstream_states.values():
-        expanded = state.map_states if state.is_mapped() else [state]  # type: ignore[attr-defined]
-        for s in expanded:
-            if s is not None and id(s) not in seen:
-                seen.add(id(s))
-                states.append(s)
+    for s in _expanded_states(upstream_states):
+        if id(s) not in seen:
+            seen.add(id(s))
+            states.append(s)
     return states
 
 
@@ -58,12 +65,8 @@ def all_successful(upstream_states: Mapping[Edge, State]) -> bool:
     """Runs when every upstream succeeded (Skipped, Cached and Mapped count)."""
     # The default trigger, so once per task run: "all" needs no de-duplication,
     # so the states are checked where they are instead of collected first.
-    for state in upstream_states.values():
-        if state.is_mapped():
-            if not all(s.is_successful() for s in state.map_states if s is not None):  # type: ignore[attr-defined]
-                raise _fail("all_successful", "some of the upstream tasks failed.")
-        elif not state.is_successful():
-            raise _fail("all_successful", "some of the upstream tasks failed.")
+    if not all(s.is_successful() for s in _expanded_states(upstream_states)):
+        raise _fail("all_successful", "some of the upstream tasks failed.")
     return True
 
 

@@ -25,7 +25,7 @@ from engine.result_store import ResultStore, blob_of, state_of
 from engine.results import NoResult
 from engine.state import ClientFailed, Mapped, Running, State
 from engine.task import Task
-from engine.task_runner import TaskRunner
+from engine.task_runner import STARTING_MESSAGE, TaskRunner
 from events import (
     Cause,
     Command,
@@ -52,8 +52,7 @@ _make_proposal = maker(
     "final",
 )
 
-_STARTING_MESSAGE = "Starting task run."
-_STARTING_BLOB = Running(message=_STARTING_MESSAGE).serialize()
+_STARTING_BLOB = Running(message=STARTING_MESSAGE).serialize()
 """The blob of (nearly) every claim: one shared dict (blobs are never changed once
 made), which also lets the ledger's validation memo hit (states.state_problem)."""
 
@@ -62,11 +61,13 @@ def _is_starting(state: State) -> bool:
     """True for a state whose blob is `_STARTING_BLOB` (what set_task_to_running makes)."""
     return (
         type(state) is Running
-        and state.message == _STARTING_MESSAGE
+        and state.message == STARTING_MESSAGE
         and state._result is NoResult
         and not state.context
         and not state.cached_inputs
     )
+
+
 _causes: dict[int, tuple[WorkerIdentity, Cause]] = {}
 """The proposals' Cause, per worker identity (both immutable): made once, not per run."""
 
