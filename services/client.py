@@ -36,8 +36,8 @@ from pydantic import ValidationError
 
 from engine.orchestration import FlowRunView, evolve
 from engine.orchestration.history import check_as_of, fold_as_of
+from engine.orchestration.reuse import reusable_states
 from engine.orchestration.rules import FINISHED, SUCCESSFUL
-from engine.orchestration.states import REUSABLE
 from engine.result_store import FSResultStore
 from events import (
     CancelRequested,
@@ -75,6 +75,7 @@ __all__ = [
     "flow_run_id_of_task_run",
     "parse_flow_ref",
     "partition_for",
+    "reusable_states",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,31 +109,6 @@ def _command_id_for(flow_run_id: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}"))
-
-
-def reusable_states(view: FlowRunView) -> dict[str, dict[str, Any]]:
-    """What a re-run of `view`'s flow run may reuse: slug -> finished state blob.
-
-    Every task run resting in Success or Cached, except parameters and constants
-    (they are set anew from the request and the plan) and mapped tasks (their
-    children are not reused this way: a mapped task runs again as a whole).
-    """
-    if view.index is None:
-        return {}
-    index = view.index
-    reuse: dict[str, dict[str, Any]] = {}
-    for record in view.task_runs.values():
-        task = index.tasks.get(record.slug)
-        if (
-            record.map_index is None
-            and task is not None
-            and task.kind == "task"
-            and record.slug not in index.mapped_slugs
-            and record.rests_finished
-            and record.state_type in REUSABLE
-        ):
-            reuse[record.slug] = record.state
-    return reuse
 
 
 def flow_run_id_of_task_run(task_run_id: str) -> str:

@@ -23,6 +23,7 @@ from engine.orchestration.dispatch import (
     work_item,
 )
 from engine.orchestration.evolve import apply_in_place, apply_state_change, copy_view
+from engine.orchestration.reuse import is_reusable
 from engine.orchestration.rules import (
     FAILED,
     FINISHED,
@@ -253,10 +254,7 @@ def _reuse_earlier_results(d: _Decision, command: RunRequested) -> None:
     assert index is not None
     rerun_of = command.context.get("rerun_of")
     for slug, earlier in command.reuse.items():
-        task = index.tasks.get(slug)
-        if task is None or task.kind != "task" or slug in index.mapped_slugs:
-            continue
-        if blobs.state_problem(earlier) is not None or earlier["type"] not in blobs.REUSABLE:
+        if not is_reusable(index, slug, earlier):
             continue
         state = blobs.reused(earlier, rerun_of if isinstance(rerun_of, str) else None)
         d.move(d.view.record(slug), slug, None, state)
