@@ -9,6 +9,7 @@ and for tools (one JSON object per line).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -85,22 +86,7 @@ def task_label(slug: str | None, map_index: int | None) -> str:
 
 def row_record(row: TimelineRow) -> dict[str, Any]:
     """One timeline row as a JSON object (every field; times as ISO-8601 UTC)."""
-    return {
-        "seq": row.seq,
-        "occurred_at": iso(row.occurred_at),
-        "kind": row.kind,
-        "flow_run_id": row.flow_run_id,
-        "task_run_id": row.task_run_id,
-        "task_slug": row.task_slug,
-        "map_index": row.map_index,
-        "state_type": row.state_type,
-        "message": row.message,
-        "attempt": row.attempt,
-        "final": row.final,
-        "command_id": row.command_id,
-        "worker_id": row.worker_id,
-        "event_id": row.event_id,
-    }
+    return dataclasses.asdict(row) | {"occurred_at": iso(row.occurred_at)}
 
 
 def _subject(row: TimelineRow) -> str:
