@@ -341,7 +341,8 @@ class Client:
     `create_topics` (default True) creates RunLedger's topics with their configs
     when they do not exist yet, so that a client started before the services cannot
     make the broker auto-create them with default settings. Existing topics are
-    only listed, which needs no create permission.
+    only listed, which needs no create permission; correcting their configs is
+    left to the services (`ensure_topics(correct_configs=False)`).
     """
 
     def __init__(self, settings: Settings | None = None, *, create_topics: bool = True) -> None:
@@ -361,7 +362,7 @@ class Client:
         if self._producer is not None:
             return
         if self._create_topics:
-            await ensure_topics(self.settings)
+            await ensure_topics(self.settings, correct_configs=False)
         producer = make_producer(self.settings, client_id=f"{self.settings.app_id}-client")
         await producer.start()
         self._producer = producer

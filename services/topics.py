@@ -158,10 +158,14 @@ class _Described:
     """The configs set on the topic itself."""
 
 
-async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
+async def ensure_topics(
+    settings: Settings, *, timeout_s: float = 30.0, correct_configs: bool = True
+) -> None:
     """Create RunLedger's topics with their configs and correct the configs of existing ones.
 
-    Partitions and replication come from `settings`. See `reconcile_topics`.
+    Partitions and replication come from `settings`. See `reconcile_topics`;
+    `correct_configs=False` leaves existing topics' configs unread (for clients,
+    which need no config permissions).
     """
     admin = RunLedgerAdmin(
         bootstrap_servers=settings.bootstrap_servers,
@@ -171,13 +175,15 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
     )
     await admin.start()
     try:
-        await reconcile_topics(admin, settings, timeout_s=timeout_s)
+        await reconcile_topics(
+            admin, settings, timeout_s=timeout_s, correct_configs=correct_configs
+        )
     finally:
         await admin.close()
 
 
 async def reconcile_topics(
-    admin: TopicAdmin, settings: Settings, *, timeout_s: float = 30.0
+    admin: TopicAdmin, settings: Settings, *, timeout_s: float = 30.0, correct_configs: bool = True
 ) -> None:
     """`ensure_topics` with a started admin client.
 
@@ -194,7 +200,7 @@ async def reconcile_topics(
     existing = [spec for spec in TOPICS if settings.topic(spec.name) in counts]
     if missing:
         await _create_topics(admin, settings, missing, counts, timeout_s)
-    if existing:
+    if existing and correct_configs:
         await _correct_configs(admin, settings, existing)
 
 

@@ -347,3 +347,15 @@ async def test_a_missing_ledger_is_created_with_the_partition_count_of_the_exist
         "creating topic rl.ledger with the 6 partitions of rl.commands, not the configured 4"
         in _warnings(caplog)
     )
+
+
+async def test_without_correct_configs_existing_topics_are_only_listed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topics = _complete()
+    topics["rl.ledger"].overrides = {"retention.ms": "1000"}
+    admin = FakeAdmin(topics=topics)
+    await reconcile_topics(admin, _settings(), correct_configs=False)
+    assert admin.calls == ["describe_topics"]
+    assert admin.topics["rl.ledger"].overrides == {"retention.ms": "1000"}
+    assert _warnings(caplog) == []
