@@ -5,13 +5,16 @@
 Starts its own Tansu broker (127.0.0.1, free port), then in this one run:
 
 1. raw aiokafka on that broker: batched produce and `getmany` consume of 100k
-   ~300-byte records, and a produce->consume round trip (p50/p99) with the same
-   fetch wait the services use -- the ceiling the services are measured against;
+   ~300-byte records, and a raw hop (p50/p99: one record produced with linger 0
+   until a 4-partition consumer with the services' fetch wait has it) -- the
+   ceiling the services are measured against; a single run crosses the broker
+   four times, so the sum of four raw hops is its floor;
 2. a ledger process and worker process(es) (`python -m services.app --roles ...`);
 3. throughput: a flow mapped over `--inputs` trivial inputs, from submit to the
    flow's Success on the ledger (task runs/s, all task runs counted);
 4. latency: `--runs` single-task flow runs one after the other, from submit to
-   the flow's Success seen by a ledger subscriber (p50/p99).
+   the flow's Success seen by a ledger subscriber (p50/p99), and where that time
+   goes hop by hop, read back from the events' own `occurred_at`.
 
 Every process it starts is stopped by PID. Prints a report; writes nothing in the repo.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -39,7 +43,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from events import FlowRef, FlowRunTransitioned, RunRequested, decode, encode  # noqa: E402
+from events import (  # noqa: E402
+    FlowRef,
+    FlowRunCreated,
+    FlowRunTransitioned,
+    RunRequested,
+    TransitionProposed,
+    decode,
+    encode,
+)
 from services.broker import EmbeddedBroker  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.topics import ensure_topics  # noqa: E402
@@ -118,6 +130,11 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
         for records in (await consumer.getmany(timeout_ms=500, max_records=20_000)).values():
             total += len(records)
     consume = total / (time.perf_counter() - started)
+    await producer.stop()
+    # The latency probe sends one record at a time, as the services' producers do
+    # (linger 0): a linger would only add itself to every hop.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
     latencies = []
     for i in range(300):
         sent = time.perf_counter()
@@ -135,7 +152,16 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
         "consume_msgs_s": consume,
         "round_trip_p50_ms": pct(latencies, 0.5),
         "round_trip_p99_ms": pct(latencies, 0.99),
+        "four_hops_p50_ms": pct(four_hop_sums(latencies), 0.5),
+        "four_hops_p99_ms": pct(four_hop_sums(latencies), 0.99),
     }
+
+
+def four_hop_sums(hops: list[float], samples: int = 20_000) -> list[float]:
+    """Sums of four raw hops drawn from `hops`: the floor of a single run, which
+    crosses the broker four times (client -> ledger -> worker -> ledger -> subscriber)."""
+    draw = random.Random(7).choices
+    return [sum(draw(hops, k=4)) for _ in range(samples)]
 
 
 # ----- the services ----------------------------------------------------------------------
@@ -191,6 +217,8 @@ class Subscriber:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.finished: dict[str, tuple[float, str]] = {}
+        self.seen_at: dict[str, float] = {}
+        """Wall-clock time (time.time) each finished run was seen, for the breakdown."""
         self.waiters: dict[str, asyncio.Event] = {}
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.brokers, fetch_max_wait_ms=FETCH_WAIT_MS,
@@ -219,6 +247,7 @@ class Subscriber:
                         "Success", "Failed", "Cancelled",
                     ):
                         seen = (time.perf_counter(), event.state["type"])
+                        self.seen_at[event.flow_run_id] = time.time()
                         self.finished[event.flow_run_id] = seen
                         waiter = self.waiters.get(event.flow_run_id)
                         if waiter is not None:
@@ -234,6 +263,64 @@ class Subscriber:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         await self.consumer.stop()
+
+
+HOPS = (
+    ("client -> ledger decides the request", "requested", "accepted"),
+    ("ledger -> worker claims Running", "accepted", "claimed"),
+    ("worker runs the body, proposes Success", "claimed", "proposed"),
+    ("worker -> ledger decides the flow's end", "proposed", "finished"),
+    ("ledger -> subscriber sees it", "finished", "seen"),
+)
+"""Where a single run's time goes: consecutive moments read from the events' own
+`occurred_at` (the client's, the worker's and the ledger's clocks: one machine)."""
+
+
+async def time_breakdown(
+    settings: Settings, requests: list[RunRequested], seen_at: Mapping[str, float]
+) -> dict[str, list[float]]:
+    """Milliseconds per hop of each single run, from the commands and ledger topics."""
+    moments: dict[str, dict[str, float]] = {
+        r.flow_run_id: {"requested": r.occurred_at.timestamp(), "seen": seen_at[r.flow_run_id]}
+        for r in requests
+    }
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.brokers, fetch_max_wait_ms=FETCH_WAIT_MS,
+        max_partition_fetch_bytes=16 << 20,
+    )
+    await consumer.start()
+    await consumer.topics()
+    topics = [settings.topic("commands"), settings.topic("ledger")]
+    tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(len(m) == 6 for m in moments.values()):
+        for records in (await consumer.getmany(timeout_ms=200, max_records=50_000)).values():
+            for record in records:
+                # both topics are keyed by flow run id: only the single runs are decoded
+                if (record.key or b"").decode() in moments:
+                    note_moment(moments, record.value or b"")
+    await consumer.stop()
+    complete = [m for m in moments.values() if len(m) == 6]
+    return {
+        name: [(m[end] - m[start]) * 1000 for m in complete] for name, start, end in HOPS
+    }
+
+
+def note_moment(moments: dict[str, dict[str, float]], value: bytes) -> None:
+    """Note the moment one record of a single run stands for, if it stands for one."""
+    event = decode(value)
+    seen = moments[event.flow_run_id]
+    at = event.occurred_at.timestamp()
+    if isinstance(event, FlowRunCreated):
+        seen.setdefault("accepted", at)
+    elif isinstance(event, TransitionProposed) and event.state["type"] == "Running":
+        seen.setdefault("claimed", at)
+    elif isinstance(event, TransitionProposed) and event.final:
+        seen["proposed"] = at
+    elif isinstance(event, FlowRunTransitioned) and event.state["type"] == "Success":
+        seen["finished"] = at
 
 
 def run_request(path: str, parameters: Mapping[str, object]) -> RunRequested:
@@ -280,14 +367,16 @@ async def measure_services(
     elapsed = done - sent
     task_runs = inputs + 3  # the children, the Mapped parent, make_inputs and the parameter
 
-    latencies = []
+    latencies, singles = [], []
     for _ in range(runs):
         one = run_request("tests.integration.flows.simple:single", {})
         sent = await submit(one)
         done, _ = await subscriber.wait(one.flow_run_id, timeout=60)
         latencies.append((done - sent) * 1000)
+        singles.append(one)
     await subscriber.stop()
     await producer.stop()
+    hops = await time_breakdown(settings, singles, subscriber.seen_at)
     return {
         "map_inputs": inputs,
         "map_state": state,
@@ -298,6 +387,7 @@ async def measure_services(
         "single_p99_ms": pct(latencies, 0.99),
         "single_max_ms": max(latencies),
         "idle_cpu": idle,
+        "hops": hops,
     }
 
 
@@ -326,10 +416,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
             )
             idle = figures.pop("idle_cpu")
+            hops = figures.pop("hops")
             assert isinstance(idle, dict)
+            assert isinstance(hops, dict)
             for name, figure in figures.items():
                 shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
                 print(f"  {name:<24} {shown}")
+            print_breakdown(hops, ceiling)
             task_runs = args.inputs + 3
             print(f"CPU during the map (ms per task run; {os.cpu_count()} cores):")
             for name, used in meter.used.items():
@@ -340,6 +433,19 @@ async def main_async(args: argparse.Namespace) -> None:
             for name, share in idle.items():
                 print(f"  {name:<24} {share * 100:>11.1f}%")
             print(f"  {'all':<24} {sum(idle.values()) * 100:>11.1f}%")
+
+
+def print_breakdown(hops: Mapping[str, list[float]], ceiling: Mapping[str, float]) -> None:
+    counted = min(len(values) for values in hops.values())
+    print(f"where a single run's time goes ({counted} runs; ms, p50 / p99 of each hop):")
+    for name, values in hops.items():
+        print(f"  {name:<42} {pct(values, 0.5):>6.2f} / {pct(values, 0.99):>6.2f}")
+    totals = [sum(parts) for parts in zip(*hops.values(), strict=True)]
+    print(f"  {'total':<42} {pct(totals, 0.5):>6.2f} / {pct(totals, 0.99):>6.2f}")
+    print(
+        f"  {'raw floor: four hops of the ceiling':<42} {ceiling['four_hops_p50_ms']:>6.2f}"
+        f" / {ceiling['four_hops_p99_ms']:>6.2f}"
+    )
 
 
 def main() -> None:
