@@ -20,6 +20,7 @@ state here (BROKER_NOTES.md) and the ledger topic already is one. Binds
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -223,7 +224,32 @@ def metrics_text(model: ReadModel) -> str:
         lines, "runledger_read_model_caught_up", "gauge", "1 once the initial fold reached the end."
     )
     lines.append(f"runledger_read_model_caught_up {int(model.caught_up)}")
+    _gc_metrics(lines)
     return "\n".join(lines) + "\n"
+
+
+def _gc_metrics(lines: list[str]) -> None:
+    """This process's cycle collector: full collections are its latency outliers."""
+    stats = gc.get_stats()
+    _metric(lines, "python_gc_collections_total", "counter", "Collections per generation.")
+    lines += [
+        f'python_gc_collections_total{{generation="{g}"}} {s["collections"]}'
+        for g, s in enumerate(stats)
+    ]
+    _metric(
+        lines, "python_gc_objects_collected_total", "counter", "Objects collected per generation."
+    )
+    lines += [
+        f'python_gc_objects_collected_total{{generation="{g}"}} {s["collected"]}'
+        for g, s in enumerate(stats)
+    ]
+    _metric(
+        lines,
+        "runledger_gc_frozen_objects",
+        "gauge",
+        "Objects frozen out of full collections at start-up (services.app.freeze_startup_heap).",
+    )
+    lines.append(f"runledger_gc_frozen_objects {gc.get_freeze_count()}")
 
 
 # ----- HTTP ------------------------------------------------------------------------------

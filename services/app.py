@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -51,6 +52,7 @@ __all__ = [
     "build_app",
     "faust_credentials",
     "faust_options",
+    "freeze_startup_heap",
     "hosted_roles",
     "main",
     "run_roles",
@@ -324,6 +326,21 @@ async def run_roles(
             exited.cancel()
 
 
+def freeze_startup_heap() -> None:
+    """Keep what start-up made out of every later full collection (call once roles run).
+
+    Modules, classes, functions and the views the ledger rebuilt are most of a
+    role's heap and live as long as the process, yet every full (generation 2)
+    collection walked them all: measured here, 130 ms of CPU in a worker with
+    ~100k tracked objects, and the one single-task run that took 157 ms instead of
+    ~15 waited for exactly that. `gc.freeze` moves them to the permanent
+    generation; what is allocated afterwards is collected as before. Only for
+    processes that exist to run roles: a library caller's heap is not ours.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 # ----- python -m services.app ----------------------------------------------------------
 
 
@@ -358,6 +375,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
     def started(app: RunLedgerApp) -> None:
         holder.append(app)
+        freeze_startup_heap()
         log.info("roles %s running (pid %d)", sorted(roles), os.getpid())
 
     try:

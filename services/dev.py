@@ -49,7 +49,12 @@ async def _until_signalled(
     settings: Settings, roles: Sequence[str], on_started: Callable[[], None] | None
 ) -> None:
     # Imported here: the roles belong to services/app.py (ledger and worker engineer).
-    from services.app import run_roles
+    from services.app import freeze_startup_heap, run_roles
+
+    def started() -> None:
+        freeze_startup_heap()  # serve_roles is a process's entry point: its heap is ours
+        if on_started is not None:
+            on_started()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,7 +65,7 @@ async def _until_signalled(
             settings,
             set(roles),
             stop,
-            on_started=None if on_started is None else (lambda app: on_started()),
+            on_started=lambda app: started(),
         )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -171,3 +171,5 @@ async def test_metrics_are_prometheus_text(http: TestClient[Any, Any]) -> None:
     assert samples["runledger_ledger_lag"] == "0"
     assert samples["runledger_read_model_caught_up"] == "1"
     assert "# TYPE runledger_events_folded_total counter" in text
+    assert int(samples['python_gc_collections_total{generation="2"}']) >= 0
+    assert int(samples["runledger_gc_frozen_objects"]) >= 0
