@@ -135,7 +135,7 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
     # (linger 0): a linger would only add itself to every hop.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
-    latencies = []
+    latencies: list[float] = []
     for i in range(300):
         sent = time.perf_counter()
         await producer.send_and_wait(topic, b"ping", partition=i % 4)
@@ -146,14 +146,15 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
         latencies.append((time.perf_counter() - sent) * 1000)
     await consumer.stop()
     await producer.stop()
+    floor = four_hop_sums(latencies)
     return {
         "produce_batch_msgs_s": produce_batch,
         "produce_send_msgs_s": produce_send,
         "consume_msgs_s": consume,
         "round_trip_p50_ms": pct(latencies, 0.5),
         "round_trip_p99_ms": pct(latencies, 0.99),
-        "four_hops_p50_ms": pct(four_hop_sums(latencies), 0.5),
-        "four_hops_p99_ms": pct(four_hop_sums(latencies), 0.99),
+        "four_hops_p50_ms": pct(floor, 0.5),
+        "four_hops_p99_ms": pct(floor, 0.99),
     }
 
 

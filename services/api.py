@@ -231,18 +231,12 @@ def metrics_text(model: ReadModel) -> str:
 def _gc_metrics(lines: list[str]) -> None:
     """This process's cycle collector: full collections are its latency outliers."""
     stats = gc.get_stats()
-    _metric(lines, "python_gc_collections_total", "counter", "Collections per generation.")
-    lines += [
-        f'python_gc_collections_total{{generation="{g}"}} {s["collections"]}'
-        for g, s in enumerate(stats)
-    ]
-    _metric(
-        lines, "python_gc_objects_collected_total", "counter", "Objects collected per generation."
-    )
-    lines += [
-        f'python_gc_objects_collected_total{{generation="{g}"}} {s["collected"]}'
-        for g, s in enumerate(stats)
-    ]
+    for name, field_name, help_text in (
+        ("python_gc_collections_total", "collections", "Collections per generation."),
+        ("python_gc_objects_collected_total", "collected", "Objects collected per generation."),
+    ):
+        _metric(lines, name, "counter", help_text)
+        lines += [f'{name}{{generation="{g}"}} {s[field_name]}' for g, s in enumerate(stats)]
     _metric(
         lines,
         "runledger_gc_frozen_objects",

@@ -331,7 +331,7 @@ def freeze_startup_heap() -> None:
 
     Modules, classes, functions and the views the ledger rebuilt are most of a
     role's heap and live as long as the process, yet every full (generation 2)
-    collection walked them all: measured here, 130 ms of CPU in a worker with
+    collection walked them all: measured here, 134 ms of CPU in a worker with
     ~100k tracked objects, and the one single-task run that took 157 ms instead of
     ~15 waited for exactly that. `gc.freeze` moves them to the permanent
     generation; what is allocated afterwards is collected as before. Only for
