@@ -9,7 +9,7 @@ Starts its own Tansu broker (127.0.0.1, free port), then in this one run:
    until a 4-partition consumer with the services' fetch wait has it) -- the
    ceiling the services are measured against; a single run crosses the broker
    four times, so the sum of four raw hops is its floor;
-2. a ledger process and worker process(es) (`python -m services.app --roles ...`);
+2. a ledger process and worker process(es) (`python -m services.roles.app --roles ...`);
 3. throughput: a flow mapped over `--inputs` trivial inputs, from submit to the
    flow's Success on the ledger (task runs/s, all task runs counted);
 4. latency: `--runs` single-task flow runs one after the other, from submit to
@@ -52,9 +52,9 @@ from events import (  # noqa: E402
     decode,
     encode,
 )
-from services.broker import EmbeddedBroker  # noqa: E402
+from services.kafka.tansu import EmbeddedBroker  # noqa: E402
+from services.kafka.topics import ensure_topics  # noqa: E402
 from services.settings import Settings  # noqa: E402
-from services.topics import ensure_topics  # noqa: E402
 
 IDLE_SECONDS = 5.0
 """How long the services are watched doing nothing, for their idle CPU."""
@@ -192,7 +192,7 @@ def services(
             log = open(logdir / f"role-{i}.log", "wb")  # noqa: SIM115 (closed with the process)
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "services.app", "--log-level", "WARNING", *extra],
+                    [sys.executable, "-m", "services.roles.app", "--log-level", "WARNING", *extra],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                 )
             )

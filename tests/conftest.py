@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.broker import EmbeddedBroker
+from services.kafka.tansu import EmbeddedBroker
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +29,7 @@ def embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
 
     Besides the fixture's own teardown, an ``atexit`` hook stops it if the session dies
     without running teardowns, and the broker gets SIGTERM from the kernel if this
-    process is killed outright (see `services.broker`).
+    process is killed outright (see `services.kafka.tansu`).
     """
     broker = EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker"))
     broker.start()

@@ -1,6 +1,6 @@
 """Helpers for the service tests: roles in a background thread, commands, ledger reads.
 
-`RolesThread` runs `services.app.hosted_roles` on its own event loop in a thread,
+`RolesThread` runs `services.roles.app.hosted_roles` on its own event loop in a thread,
 so a module-scoped fixture can share one ledger and one worker between many
 synchronous tests (a consumer-group join costs ~1.5-3 s per role on this
 broker). Tests talk to it with blocking helpers: `send`, `wait_view`,
@@ -26,8 +26,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from engine.orchestration import FlowRunView, fold
 from events import Command, Event, FlowRef, RunRequested, decode, encode
-from services.app import RunLedgerApp, hosted_roles
-from services.kafka import make_producer, read_partitions_to_end
+from services.kafka.clients import make_producer, read_partitions_to_end
+from services.roles.app import RunLedgerApp, hosted_roles
 from services.settings import Settings, TopicName
 
 T = TypeVar("T")
@@ -202,10 +202,10 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
 def start_role(
     settings: Settings, args: Iterable[str], log_path: Path, **env: str
 ) -> subprocess.Popen[bytes]:
-    """`python -m services.app ARGS` with output to `log_path`."""
+    """`python -m services.roles.app ARGS` with output to `log_path`."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.app", *args],
+            [sys.executable, "-m", "services.roles.app", *args],
             cwd=REPO_ROOT,
             env=role_env(settings, **env),
             stdin=subprocess.DEVNULL,

@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from services.broker import EmbeddedBroker
+from services.kafka.tansu import EmbeddedBroker
+from services.kafka.topics import RETENTION_FOREVER_MS, SEVEN_DAYS_MS, TOPICS, ensure_topics
 from services.settings import Settings
-from services.topics import RETENTION_FOREVER_MS, SEVEN_DAYS_MS, TOPICS, ensure_topics
 from tests.integration.faust_support import LowLatencyConsumer, RunLedgerFaustApp, faust_options
 from tests.integration.procnet import listening_addresses
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from services.client import Client
+from services.client.client import Client
 from services.settings import Settings
 from tests.integration.test_client_kafka import running_services
 
@@ -41,7 +41,7 @@ class Result:
 def _command() -> list[str]:
     """The installed console script when there is one, else the module."""
     script = Path(sys.executable).with_name("runledger")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "services.client.cli"]
 
 
 def _environment(settings: Settings) -> dict[str, str]:

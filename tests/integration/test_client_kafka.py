@@ -1,7 +1,7 @@
 """The Python client against the embedded broker and the real roles (in this process).
 
 Every test gets its own topic prefix and app id (`kafka_settings`) and its own
-ledger + worker (`services.app.run_roles`), stopped when the test ends.
+ledger + worker (`services.roles.app.run_roles`), stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from events import (
     TransitionRejected,
     decode,
 )
-from services.app import run_roles
-from services.client import Change, Client, RunRejected, partition_for
-from services.kafka import read_partitions_to_end
+from services.client.client import Change, Client, RunRejected, partition_for
+from services.kafka.clients import read_partitions_to_end
+from services.roles.app import run_roles
 from services.settings import Settings
 
 pytestmark = pytest.mark.integration

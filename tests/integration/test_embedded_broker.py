@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from services import broker as broker_module
-from services.broker import (
+from services.client.cli import main
+from services.kafka import tansu as broker_module
+from services.kafka.tansu import (
     BrokerError,
     BrokerNotFoundError,
     EmbeddedBroker,
     check_loopback,
     tansu_binary,
 )
-from services.cli import main
 from tests.integration.procnet import listening_addresses
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Every golden scenario also runs through the Kafka services, with Prefect 1.4.1's sequences.
 
-One ledger and one worker (`services.app.hosted_roles`, in a background thread of
+One ledger and one worker (`services.roles.app.hosted_roles`, in a background thread of
 this process) serve every scenario of `tests/golden/scenarios.py`. Each scenario's
 flow is registered in `tests.integration.flows.live` and submitted by import path
 (a plan-less RunRequested: the ledger imports and plans it, the worker imports it),
@@ -180,7 +180,7 @@ def test_no_claim_was_refused_and_nothing_was_dead_lettered(roles: RolesThread) 
 
 def test_folding_the_whole_ledger_from_offset_0_gives_every_live_view(roles: RolesThread) -> None:
     """The ledger topic alone rebuilds the live views of every flow run the services made."""
-    from services.ledger import fold_records
+    from services.roles.ledger import fold_records
 
     records = roles.call(topic_records(roles.settings, "ledger"))
     folded = fold_records(records)

@@ -19,7 +19,7 @@ import pytest
 
 from engine.orchestration import fold, fold_as_of, timeline
 from events import TaskRunTransitioned
-from services.client import Client
+from services.client.client import Client
 from services.settings import Settings
 from tests.integration.test_cli_kafka import runledger
 from tests.integration.test_client_kafka import running_services

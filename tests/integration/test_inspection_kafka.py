@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.state import Mapped, Running, Success
-from services.client import Client
-from services.inspection import TaskRunNotFinished, TaskRunView
+from services.client.client import Client
+from services.client.inspection import TaskRunNotFinished, TaskRunView
 from services.settings import Settings
 from tests.integration.test_client_kafka import running_services
 

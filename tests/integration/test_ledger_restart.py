@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from engine.orchestration import FlowRunView, fold
+from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from services.topics import ensure_topics
 from tests.integration.roles_support import start_role, stop_process, wait_for_log
 from tests.integration.test_multiprocess import ledger_events, submit, wait_finished
 

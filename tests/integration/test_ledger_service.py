@@ -29,7 +29,7 @@ from events import (
     decode,
     encode,
 )
-from services.codeload import sign, sign_and_store_flow
+from services.roles.codeload import sign, sign_and_store_flow
 from services.settings import Settings
 from tests.integration.flows import simple
 from tests.integration.roles_support import RolesThread, run_request

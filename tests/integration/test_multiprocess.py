@@ -1,6 +1,6 @@
 """One ledger process and two worker processes complete a flow mapped over 1,000 inputs.
 
-Processes are ``python -m services.app --roles ...`` (the same entry point the CLI
+Processes are ``python -m services.roles.app --roles ...`` (the same entry point the CLI
 uses), configured only through RUNLEDGER_* variables, and stopped by PID. Each
 body appends its worker's pid to ``<out_dir>/<map_index>.runs``, so exactly one
 line per file means exactly one execution per task run. The worker identity is
@@ -20,9 +20,9 @@ import pytest
 
 from engine.orchestration import FlowRunView, fold
 from events import Event, TaskRunTransitioned, decode, encode
-from services.kafka import make_producer
+from services.kafka.clients import make_producer
+from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from services.topics import ensure_topics
 from tests.integration.roles_support import (
     run_request,
     start_role,

@@ -10,7 +10,7 @@ import pytest
 
 from engine.orchestration import FlowRunView, fold
 from events import Event
-from services.client import Client
+from services.client.client import Client
 from services.settings import Settings
 from tests.integration import test_cli_kafka
 from tests.integration.test_cli_kafka import runledger
@@ -76,7 +76,8 @@ async def test_runledger_rerun_waits_like_run_and_exits_0_once_it_succeeded(
     client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The module form runs this checkout's CLI (an installed console script may be another's).
-    monkeypatch.setattr(test_cli_kafka, "_command", lambda: [sys.executable, "-m", "services.cli"])
+    cli_module = [sys.executable, "-m", "services.client.cli"]
+    monkeypatch.setattr(test_cli_kafka, "_command", lambda: cli_module)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     first = await client.submit(FLOW, {"out_dir": str(out_dir)})

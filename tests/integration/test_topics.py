@@ -3,10 +3,10 @@
 Measured on Tansu 0.6: DescribeConfigs answers with the values set at creation
 (but reports them as config_source 5, DEFAULT_CONFIG, lists no config that was not
 set, and gives an unknown topic no error); AlterConfigs is not in its ApiVersions,
-IncrementalAlterConfigs is (services/kafka_admin.py sends it); a Metadata request
+IncrementalAlterConfigs is (services/kafka/admin.py sends it); a Metadata request
 naming a missing topic creates it. The fallback to AlterConfigs and the brokers
 that can do neither are covered against a fake admin in
-tests/services/test_topics_reconcile.py.
+tests/services/kafka/test_topics_reconcile.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from services.kafka.topics import TOPICS, PartitionMismatchError, ensure_topics
 from services.settings import Settings
-from services.topics import TOPICS, PartitionMismatchError, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +69,13 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "services.topics" and r.levelno == logging.WARNING
+        if r.name == "services.kafka.topics" and r.levelno == logging.WARNING
     ]
 
 
 @pytest.fixture(autouse=True)
 def _capture_topic_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="services.topics")
+    caplog.set_level(logging.INFO, logger="services.kafka.topics")
 
 
 async def test_topics_that_ensure_topics_created_are_left_alone_without_a_warning(

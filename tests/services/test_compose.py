@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.cli import build_parser
+from services.client.cli import build_parser
 from services.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from services.cli import build_parser, settings_table
+from services.client.cli import build_parser, settings_table
 from services.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError, for_code
 
-from services.kafka_admin import RunLedgerAdmin
+from services.kafka.admin import RunLedgerAdmin
 from services.settings import Settings, TopicName
 
 __all__ = [

@@ -19,7 +19,7 @@ from faust.auth import GSSAPICredentials, SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import Producer as FaustKafkaProducer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from services.app import build_app, faust_credentials, faust_options
+from services.roles.app import build_app, faust_credentials, faust_options
 from services.settings import Settings
 
 PASSWORD = "s3cret-Pa55word-never-printed"

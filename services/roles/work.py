@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from events import MalformedEvent, WorkDispatched, WorkItem, decode
-from services.roles import Outgoing, send_records
+from services.roles.common import Outgoing, send_records
 
 __all__ = ["OnAck", "OrderedOffsets", "Outbox", "Pending", "TaskThreads", "decode_work"]
 

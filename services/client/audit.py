@@ -1,6 +1,6 @@
 """The audit trail and time travel on the command line: argument types, tables, JSON lines.
 
-`runledger history` and `runledger states` (services/cli.py) read a run's facts
+`runledger history` and `runledger states` (services/client/cli.py) read a run's facts
 through the client; everything they show is what the engine folds from them
 (`timeline`, `fold_as_of`). This module only shapes it for people (rich tables)
 and for tools (one JSON object per line).
@@ -20,7 +20,7 @@ from rich.text import Text
 
 from engine.orchestration import FlowRunView, TimelineRow
 from events import Fact, FlowRunCreated, TransitionRejected
-from services.watch import RunProgress, state_style
+from services.client.watch import RunProgress, state_style
 
 __all__ = [
     "absence",

@@ -30,11 +30,11 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from services.broker import EmbeddedBroker, die_with_parent
-from services.client import Client
+from services.client.client import Client
+from services.client.watch import RunProgress, state_style, watch_run
+from services.kafka.tansu import EmbeddedBroker, die_with_parent
+from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from services.topics import ensure_topics
-from services.watch import RunProgress, state_style, watch_run
 
 __all__ = ["DEMO_FLOW", "ServiceProcess", "demo_environment", "run_demo"]
 
@@ -46,7 +46,7 @@ _READY_TIMEOUT_S = 60.0
 
 @dataclass
 class ServiceProcess:
-    """A role running as a child process (`python -m services.cli <role>`)."""
+    """A role running as a child process (`python -m services.client.cli <role>`)."""
 
     role: str
     process: subprocess.Popen[bytes]
@@ -130,7 +130,7 @@ def _start(role: str, env: dict[str, str], log_dir: Path) -> ServiceProcess:
     log_path = log_dir / f"{role}.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", role],
+            [sys.executable, "-m", "services.client.cli", role],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

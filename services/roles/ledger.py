@@ -9,7 +9,7 @@ hot loop is not a faust agent):
    kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
 2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
    topic with the reason), give a plan-less RunRequested its plan (the flow is
-   loaded through `services.codeload`), `decide_and_evolve`, queue the facts to
+   loaded through `services.roles.codeload`), `decide_and_evolve`, queue the facts to
    `ledger` (on the partition the command came from) and every WorkDispatched
    also to `work`, await every ack, then commit the batch's offsets. Each view is
    replaced once per command (the core folds a command's facts into one copy).
@@ -52,15 +52,15 @@ from events import (
     decode_command,
     encode,
 )
-from services.codeload import FlowLoadError, load_flow
-from services.kafka import (
+from services.kafka.clients import (
     dead_letter_for,
     make_consumer,
     make_producer,
     partition_for,
     read_partitions_to_end,
 )
-from services.roles import (
+from services.roles.codeload import FlowLoadError, load_flow
+from services.roles.common import (
     HEADER_COMMAND,
     HEADER_PARTITION,
     CommitPipeline,
@@ -69,7 +69,7 @@ from services.roles import (
     send_records,
     spread,
 )
-from services.scheduler import Timers, lost_attempts, tick
+from services.roles.scheduler import Timers, lost_attempts, tick
 from services.settings import Settings
 
 __all__ = ["Ledger", "LedgerStats", "fold_records"]

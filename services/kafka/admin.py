@@ -3,7 +3,7 @@
 `AlterConfigs`, the only config change aiokafka 0.14 sends, replaces *all* of a
 topic's overrides, and the embedded broker (Tansu) does not implement it at all.
 `IncrementalAlterConfigs` (Kafka >= 2.3) sets just the named keys and Tansu
-implements it, so topic reconciliation uses it first (services/topics.py) and
+implements it, so topic reconciliation uses it first (services/kafka/topics.py) and
 falls back to `AlterConfigs` for a broker without it.
 """
 
@@ -28,7 +28,7 @@ class IncrementalAlterConfigsResponse_v0(Response):  # type: ignore[misc]  # unt
     API_KEY = _API_KEY
     API_VERSION = 0
     # Kafka names the array "responses"; "resources" matches aiokafka's AlterConfigs
-    # answers, so one parser reads both (services/topics.py).
+    # answers, so one parser reads both (services/kafka/topics.py).
     SCHEMA = Schema(
         ("throttle_time_ms", Int32),
         (

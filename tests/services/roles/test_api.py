@@ -13,7 +13,7 @@ from engine.flow_runner import FlowRunner, RunOutcome
 from events import encode
 from examples.etl import flow as etl_flow
 from examples.failing import flow as failing_flow
-from services.api import ReadModel, make_app, metrics_text
+from services.roles.api import ReadModel, make_app, metrics_text
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from engine.orchestration import FlowRunView, TaskRunRecord
 from engine.orchestration.rules import FAILED, FINISHED, RUNNING, SUCCESSFUL
-from services.client import Change, Client
+from services.client.client import Change, Client
 
 __all__ = ["RunProgress", "TaskRow", "render", "state_style", "watch_run"]
 

@@ -24,15 +24,15 @@ from aiokafka.protocol.admin import (
     DescribeConfigsResponse_v2,
 )
 
-from services.kafka_admin import IncrementalAlterConfigsResponse_v0
-from services.settings import Settings
-from services.topics import (
+from services.kafka.admin import IncrementalAlterConfigsResponse_v0
+from services.kafka.topics import (
     RETENTION_FOREVER_MS,
     SEVEN_DAYS_MS,
     TOPICS,
     PartitionMismatchError,
     reconcile_topics,
 )
+from services.settings import Settings
 
 _DYNAMIC_TOPIC_CONFIG = 1
 _DEFAULT_CONFIG = 5
@@ -148,7 +148,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _capture_topic_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="services.topics")
+    caplog.set_level(logging.INFO, logger="services.kafka.topics")
 
 
 async def test_missing_topics_are_created_with_their_configs_and_not_described() -> None:

@@ -19,8 +19,8 @@ from engine.clock import FixedClock
 from engine.flow_runner import FlowRunner
 from engine.orchestration import FlowRunView, fold, fold_as_of
 from events import Cause, Event, Fact, TransitionRejected
-from services import cli
-from services.cli import build_parser, main
+from services.client import cli
+from services.client.cli import build_parser, main
 
 FR = "fr-cli"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

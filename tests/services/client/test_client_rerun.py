@@ -13,7 +13,7 @@ from engine.clock import FixedClock
 from engine.flow_runner import FlowRunner, RunOutcome
 from engine.orchestration import FlowRunView
 from events import FlowRef, RunRequested, decode_command
-from services.client import Client, flow_run_id_for, reusable_states
+from services.client.client import Client, flow_run_id_for, reusable_states
 from services.settings import Settings
 
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)

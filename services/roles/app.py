@@ -2,7 +2,7 @@
 
     app = build_app(settings, roles={"ledger", "worker"})
     await run_roles(settings, {"ledger", "worker"}, stop_event)      # until stop_event
-    python -m services.app --roles ledger,worker [--concurrency N]   # until SIGTERM/SIGINT
+    python -m services.roles.app --roles ledger,worker [--concurrency N]   # until SIGTERM/SIGINT
 
 faust is the host: the App's lifecycle starts and stops every role as a
 `mode.Service`, and its producer and (for the api) web server live with it. The
@@ -38,10 +38,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 from faust.types.auth import CredentialsT
 
-from services.ledger import Ledger
+from services.kafka.topics import ensure_topics
+from services.roles.ledger import Ledger
+from services.roles.worker import Worker
 from services.settings import Settings
-from services.topics import ensure_topics
-from services.worker import Worker
 
 __all__ = [
     "ALL_ROLES",
@@ -263,7 +263,7 @@ def build_app(
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {sorted(ALL_ROLES)}")
     options = faust_options(settings)
-    # The api serves its own aiohttp app (services/api.py) on web_host:web_port;
+    # The api serves its own aiohttp app (services/roles/api.py) on web_host:web_port;
     # faust's web server stays off so nothing else listens.
     options["web_enabled"] = False
     app = RunLedgerApp(settings.app_id, fetch_max_wait_ms=settings.fetch_max_wait_ms, **options)
@@ -274,7 +274,7 @@ def build_app(
         worker = app.worker = Worker(settings, name=worker_name)
         app.add_role("worker", worker.run)
     if "api" in roles:
-        from services.api import run_api
+        from services.roles.api import run_api
 
         app.add_role("api", lambda stop: run_api(settings, stop))
     return app
@@ -341,12 +341,12 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-# ----- python -m services.app ----------------------------------------------------------
+# ----- python -m services.roles.app ----------------------------------------------------------
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m services.app",
+        prog="python -m services.roles.app",
         description="Run RunLedger roles in one process until SIGTERM or SIGINT.",
     )
     parser.add_argument(
@@ -386,7 +386,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m services.app``; returns the exit status."""
+    """Entry point of ``python -m services.roles.app``; returns the exit status."""
     args = _parse(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -12,7 +12,7 @@ import pytest
 
 from engine import Flow, task
 from events import FlowRef
-from services.codeload import (
+from services.roles.codeload import (
     FlowLoadError,
     clear_cache,
     import_handlers,

@@ -29,7 +29,7 @@ from events import (
 )
 from examples.demo import flow as demo_flow
 from examples.etl import flow as etl_flow
-from services.client import (
+from services.client.client import (
     Change,
     Client,
     change_of,
@@ -38,10 +38,10 @@ from services.client import (
     parse_flow_ref,
     partition_for,
 )
+from services.client.watch import RunProgress, render
 from services.settings import Settings
-from services.watch import RunProgress, render
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from services.roles.worker import Worker, _Rebalance
 from services.settings import Settings
-from services.worker import Worker, _Rebalance
 
 TP = TopicPartition("work", 0)
 

@@ -1,6 +1,6 @@
 """Running roles in the foreground, and `runledger dev`: broker + every role in one command.
 
-`serve_roles` runs roles (through `services.app.run_roles`) until SIGINT or
+`serve_roles` runs roles (through `services.roles.app.run_roles`) until SIGINT or
 SIGTERM, then lets them stop cleanly. `run_dev` first starts the embedded broker
 (a child process, stopped by PID afterwards), points the settings at it, creates
 the topics and prints where everything is.
@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from services.broker import EmbeddedBroker
+from services.kafka.tansu import EmbeddedBroker
+from services.kafka.topics import TOPICS, ensure_topics
 from services.settings import Settings
-from services.topics import TOPICS, ensure_topics
 
 __all__ = ["ROLES", "describe_dev", "importable_cwd", "run_dev", "serve_roles", "with_overrides"]
 
@@ -48,8 +48,8 @@ def importable_cwd() -> None:
 async def _until_signalled(
     settings: Settings, roles: Sequence[str], on_started: Callable[[], None] | None
 ) -> None:
-    # Imported here: the roles belong to services/app.py (ledger and worker engineer).
-    from services.app import freeze_startup_heap, run_roles
+    # Imported here: the roles belong to services/roles/app.py (ledger and worker engineer).
+    from services.roles.app import freeze_startup_heap, run_roles
 
     def started() -> None:
         freeze_startup_heap()  # serve_roles is a process's entry point: its heap is ours
@@ -112,7 +112,7 @@ def run_dev(
     """Start the embedded broker and every role; block until SIGINT/SIGTERM; stop all.
 
     The broker is started from this (main) thread so that it dies with the process
-    even if the process is killed outright (see `services.broker`).
+    even if the process is killed outright (see `services.kafka.tansu`).
     """
     stream = out if out is not None else sys.stdout
     port = settings.first_broker_port if broker_port is None else broker_port

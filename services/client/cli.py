@@ -28,17 +28,17 @@ from rich.console import Console
 
 from engine.orchestration import task_run_id_for, timeline
 from events import TransitionRejected
-from services import audit
-from services.broker import BrokerError, EmbeddedBroker, check_loopback
-from services.client import (
+from services.client import audit
+from services.client.client import (
     Client,
     RunRejected,
     change_of,
     flow_run_id_of_task_run,
     parse_flow_ref,
 )
+from services.client.watch import RunProgress, render, watch_run
+from services.kafka.tansu import BrokerError, EmbeddedBroker, check_loopback
 from services.settings import Settings
-from services.watch import RunProgress, render, watch_run
 
 __all__ = ["build_parser", "main"]
 
@@ -351,8 +351,8 @@ def _run_async(command: str, coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _serve(command: str, settings: Settings, roles: Sequence[str]) -> int:
-    from services.app import RoleFailed
-    from services.dev import serve_roles
+    from services.client.dev import serve_roles
+    from services.roles.app import RoleFailed
 
     def started() -> None:
         print(
@@ -374,7 +374,7 @@ def _serve(command: str, settings: Settings, roles: Sequence[str]) -> int:
 
 
 def _concurrency(settings: Settings, value: int | None) -> Settings:
-    from services.dev import with_overrides
+    from services.client.dev import with_overrides
 
     return settings if value is None else with_overrides(settings, worker_concurrency=value)
 
@@ -445,14 +445,14 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Every role in this one process."""
-    from services.dev import ROLES
+    from services.client.dev import ROLES
 
     return _serve("serve", _concurrency(settings, args.concurrency), ROLES)
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Embedded broker + every role, until Ctrl-C."""
-    from services.dev import run_dev, with_overrides
+    from services.client.dev import run_dev, with_overrides
 
     if args.web_port is not None:
         settings = with_overrides(settings, web_port=args.web_port)
@@ -471,7 +471,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The two-minute tour: private broker, services, the example flow twice."""
-    from services.demo import run_demo
+    from services.client.demo import run_demo
 
     return run_demo(settings, n=args.n)
 

@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-import services.app
-from services.dev import serve_roles
+import services.roles.app
+from services.client.dev import serve_roles
 from services.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_freezing_moves_the_start_up_heap_out_of_the_collectors_way() -> None:
     """In a fresh interpreter (freezing pytest's own heap would change other tests)."""
     script = (
-        "import gc; import services.app as app; "
+        "import gc; import services.roles.app as app; "
         "before = gc.get_freeze_count(); app.freeze_startup_heap(); "
         "print(before, gc.get_freeze_count())"
     )
@@ -45,8 +45,8 @@ def roles_that_start_at_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append("started")
         options["on_started"](SimpleNamespace(ledger=None))
 
-    monkeypatch.setattr(services.app, "run_roles", run_roles)
-    monkeypatch.setattr(services.app, "freeze_startup_heap", lambda: calls.append("frozen"))
+    monkeypatch.setattr(services.roles.app, "run_roles", run_roles)
+    monkeypatch.setattr(services.roles.app, "freeze_startup_heap", lambda: calls.append("frozen"))
     return calls
 
 
@@ -63,5 +63,5 @@ def test_python_m_services_app_freezes_once_the_roles_run(
     roles_that_start_at_once: list[str], tmp_path: Path
 ) -> None:
     args = argparse.Namespace(roles="api", name=None, dump_views=None)
-    asyncio.run(services.app._serve(args, Settings(data_dir=tmp_path)))
+    asyncio.run(services.roles.app._serve(args, Settings(data_dir=tmp_path)))
     assert roles_that_start_at_once == ["started", "frozen"]

@@ -1,6 +1,6 @@
 """The Python client: submit flow runs, follow their changes, wait, cancel, resume, read results.
 
-    from services.client import Client
+    from services.client.client import Client
 
     async with Client() as client:                  # settings from RUNLEDGER_* variables
         run_id = await client.submit("examples.demo:flow", {"n": 4})
@@ -56,10 +56,10 @@ from events import (
     decode,
     encode,
 )
-from services.inspection import TaskRunView
-from services.kafka import make_consumer, make_producer, partition_for
+from services.client.inspection import TaskRunView
+from services.kafka.clients import make_consumer, make_producer, partition_for
+from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from services.topics import ensure_topics
 
 if TYPE_CHECKING:
     from engine.flow import Flow
@@ -471,8 +471,8 @@ class Client:
             return flow_ref
         if isinstance(flow_ref, str):
             return parse_flow_ref(flow_ref)
-        # Imported here: code loading belongs to the services (services/codeload.py).
-        from services.codeload import sign_and_store_flow
+        # Imported here: code loading belongs to the services (services/roles/codeload.py).
+        from services.roles.codeload import sign_and_store_flow
 
         return await asyncio.to_thread(sign_and_store_flow, flow_ref, self.settings)
 

@@ -61,10 +61,9 @@ from events import (
     decode,
     encode,
 )
-from services.codeload import FlowLoadError, import_handlers, load_flow
-from services.kafka import dead_letter_for, make_consumer, make_producer
-from services.results import WorkerResultStore
-from services.roles import (
+from services.kafka.clients import dead_letter_for, make_consumer, make_producer
+from services.roles.codeload import FlowLoadError, import_handlers, load_flow
+from services.roles.common import (
     HEADER_COMMAND,
     HEADER_PARTITION,
     Outgoing,
@@ -72,8 +71,9 @@ from services.roles import (
     partition_of,
     role_identity,
 )
+from services.roles.results import WorkerResultStore
+from services.roles.work import OrderedOffsets, Outbox, Pending, TaskThreads, decode_work
 from services.settings import Settings
-from services.work import OrderedOffsets, Outbox, Pending, TaskThreads, decode_work
 
 __all__ = ["Worker", "WorkerStats"]
 

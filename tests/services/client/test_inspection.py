@@ -14,7 +14,7 @@ from engine.result_store import ResultStore
 from engine.results import Result
 from engine.state import Mapped, Running, Success
 from events import Event, TaskRunTransitioned
-from services.inspection import LedgerSnapshot, TaskRunNotFinished, TaskRunView, load_result
+from services.client.inspection import LedgerSnapshot, TaskRunNotFinished, TaskRunView, load_result
 
 
 @task

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from services import cli
-from services.cli import build_parser, main, parameter
+from services.client import cli
+from services.client.cli import build_parser, main, parameter
 
 SUBCOMMANDS = (
     "broker",

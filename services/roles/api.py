@@ -32,9 +32,9 @@ from aiokafka import TopicPartition
 
 from engine.orchestration import FlowRunView, TaskRunRecord, evolve
 from events import Event, EventDecodeError, TaskRunTransitioned, decode
-from services.kafka import make_consumer
+from services.kafka.clients import make_consumer
+from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from services.topics import ensure_topics
 
 __all__ = [
     "ReadModel",
@@ -241,7 +241,8 @@ def _gc_metrics(lines: list[str]) -> None:
         lines,
         "runledger_gc_frozen_objects",
         "gauge",
-        "Objects frozen out of full collections at start-up (services.app.freeze_startup_heap).",
+        "Objects frozen out of full collections at start-up "
+        "(services.roles.app.freeze_startup_heap).",
     )
     lines.append(f"runledger_gc_frozen_objects {gc.get_freeze_count()}")
 

@@ -37,7 +37,7 @@ __all__ = [
 
 
 class LedgerReader(Protocol):
-    """What a view needs to read the ledger again (`services.client.Client` is one)."""
+    """What a view needs to read the ledger again (`services.client.client.Client` is one)."""
 
     @property
     def result_store(self) -> ResultStore: ...
@@ -252,7 +252,7 @@ class TaskRunView:
     async def from_task_run_id(cls, task_run_id: str, *, client: LedgerReader) -> TaskRunView:
         """The task run with this id (``FLOW_RUN_ID/TASK_SLUG[/MAP_INDEX]``)."""
         # Imported here: the client module builds its own entry point on this one.
-        from services.client import flow_run_id_of_task_run
+        from services.client.client import flow_run_id_of_task_run
 
         flow_run_id = flow_run_id_of_task_run(task_run_id)
         snapshot = await LedgerSnapshot.read(client, flow_run_id)

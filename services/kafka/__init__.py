@@ -1,0 +1,1 @@
+"""Broker plumbing: the embedded brokers, Kafka clients, the admin protocol and topics."""
