@@ -19,11 +19,13 @@ from typing import Annotated, Any, Literal, Self, get_args
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["SecurityProtocol", "Settings", "TopicName"]
+__all__ = ["EmbeddedBrokerKind", "ProcessingGuarantee", "SecurityProtocol", "Settings", "TopicName"]
 
 TopicName = Literal["commands", "ledger", "work", "deadletter"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
+ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
+EmbeddedBrokerKind = Literal["auto", "kafka", "tansu"]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -72,6 +74,26 @@ class Settings(BaseSettings):
 
     ssl_cafile: Path | None = None
     """CA bundle to verify the brokers' certificates with (SSL, SASL_SSL); system CAs if unset."""
+
+    processing_guarantee: ProcessingGuarantee = "exactly_once"
+    """``exactly_once``: the ledger writes each batch's facts, work items and command
+    offsets in one Kafka transaction, and every reader reads committed records only
+    (needs a broker with transactions: Apache Kafka). ``at_least_once``: plain writes,
+    commits after acks, idempotent folds (any Kafka-compatible broker, e.g. Tansu)."""
+
+    # -- the embedded broker (runledger broker / dev / demo, the test suite) --------
+
+    embedded_broker: EmbeddedBrokerKind = "auto"
+    """Which broker `runledger broker` and `runledger dev` start: ``kafka`` (Apache Kafka
+    from Maven jars, needs Java 17+), ``tansu`` (memory only, no Java), or ``auto``:
+    Kafka, unless Java 17+ or Maven (with no cached jars) is missing."""
+
+    broker_heap_mb: int = Field(default=1024, ge=256, le=65_536)
+    """Heap of the embedded Kafka broker's JVM (-Xms/-Xmx); the log itself lives in the
+    page cache, so 1 GiB suits a 2-core / 24 GiB machine."""
+
+    kafka_cache_dir: Path | None = None
+    """Where the embedded Kafka's jars are cached (default ``~/.cache/runledger``)."""
 
     # -- topics ---------------------------------------------------------------------
 
@@ -132,8 +154,10 @@ class Settings(BaseSettings):
 
     # -- Kafka client tuning --------------------------------------------------------
 
-    fetch_max_wait_ms: int = Field(default=10, ge=0)
-    """Longest time a fetch waits for data; bounds latency on multi-partition consumers."""
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
+    """Longest time a fetch waits for data. Apache Kafka answers a waiting fetch as soon
+    as data arrives, so this bounds only idle polling; Tansu answers when the wait
+    expires, so on Tansu it bounds every hop's latency (`runledger dev` sets 10 there)."""
 
     session_timeout_ms: int = Field(default=10_000, ge=1)
     """Consumer-group session timeout; small values make joins and failover fast."""
@@ -143,6 +167,11 @@ class Settings(BaseSettings):
 
     ledger_batch_max: int = Field(default=500, ge=1)
     """Most commands the ledger takes in one batch."""
+
+    ledger_transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
+    """Exactly-once only: a ledger transaction open longer than this is aborted by the
+    broker (a ledger that died while no other took its partitions); the longest one
+    batch may take to write."""
 
     app_id: str = Field(default="runledger", min_length=1)
     """Application id: faust app id, consumer-group and client-id prefix."""
@@ -234,6 +263,17 @@ class Settings(BaseSettings):
         """Every RunLedger topic: short name -> full name."""
         names: tuple[TopicName, ...] = get_args(TopicName)
         return {name: self.topic(name) for name in names}
+
+    @property
+    def exactly_once(self) -> bool:
+        """True when the ledger writes transactionally and readers read committed records."""
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def isolation_level(self) -> Literal["read_committed", "read_uncommitted"]:
+        """What every consumer of `ledger` and `work` reads: committed records only, when
+        the ledger writes transactions (an aborted write must never be seen)."""
+        return "read_committed" if self.exactly_once else "read_uncommitted"
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka clients (producer, consumer, admin).

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -37,7 +38,8 @@ from services.client.client import (
     parse_flow_ref,
 )
 from services.client.watch import RunProgress, render, watch_run
-from services.kafka.tansu import BrokerError, EmbeddedBroker, check_loopback
+from services.kafka.broker import embedded_broker
+from services.kafka.process import BrokerError, check_loopback
 from services.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -161,11 +163,12 @@ def _add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         sub,
         "broker",
         cmd_broker,
-        summary="run the embedded Kafka-compatible broker (Tansu, memory only) in the foreground",
+        summary="run the embedded broker (Apache Kafka, data under RUNLEDGER_DATA_DIR) in the "
+        "foreground",
     )
     broker.add_argument(
         "--port",
-        type=int,
+        type=port,
         default=None,
         help="TCP port (default: the port of RUNLEDGER_BROKERS, i.e. 9092; 0 picks a free one)",
     )
@@ -391,7 +394,12 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
     # By default the port of the first RUNLEDGER_BROKERS entry, so broker and clients agree.
     port = args.port if args.port is not None else settings.first_broker_port
-    broker = EmbeddedBroker(port=port, host=host, log_dir=settings.data_dir / "logs")
+    notice = partial(print, file=sys.stderr)
+    try:
+        broker = embedded_broker(settings, port=port, host=host, notice=notice)
+    except BrokerError as exc:
+        print(f"runledger broker: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
     stop = threading.Event()
 
@@ -401,12 +409,17 @@ def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         broker.start()
+        kept = (
+            "its data stays in " + str(settings.data_dir.absolute())
+            if broker.durable
+            else "its data is lost on stop"
+        )
         print(
-            f"runledger broker: Tansu (memory only) listening on {broker.bootstrap} "
+            f"runledger broker: {broker.description} "
             f"(pid {broker.pid}, ready in {broker.startup_seconds or 0:.2f}s)\n"
             f"  clients: export RUNLEDGER_BROKERS={broker.bootstrap}\n"
             f"  log:     {broker.log_path}\n"
-            "  Ctrl-C stops it; its data is lost on stop.",
+            f"  Ctrl-C stops it; {kept}.",
             flush=True,
         )
         while not stop.wait(0.2):

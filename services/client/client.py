@@ -57,7 +57,13 @@ from events import (
     encode,
 )
 from services.client.inspection import TaskRunView
-from services.kafka.clients import make_consumer, make_producer, partition_for
+from services.kafka.clients import (
+    make_consumer,
+    make_producer,
+    partition_for,
+    read_to_end,
+    visible_end,
+)
 from services.kafka.topics import ensure_topics
 from services.settings import Settings
 
@@ -252,25 +258,19 @@ def _run_rejection(event: Event, view: FlowRunView) -> RunRejected | None:
 Start = Literal["beginning", "end"]
 
 
-async def _drain_to_highwater(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-    """Skip what the partitions hold now: read until each position reaches its high watermark.
+async def _drain_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+    """Skip what the partitions hold now: read each to the end a first fetch reports.
 
-    `seek_to_end` alone is not enough: on the embedded broker ListOffsets(latest)
-    can be a whole batch early (BROKER_NOTES.md); a fetch's high watermark is exact.
+    `seek_to_end` alone is not enough on Tansu: ListOffsets(latest) can be a whole
+    batch early there (BROKER_NOTES.md); a fetch's end is exact on every broker.
     """
-    pending = set(tps)
-    while pending:
-        await consumer.getmany(*pending, timeout_ms=_POLL_MS)
-        for tp in list(pending):
-            high = consumer.highwater(tp)
-            if high is not None and await consumer.position(tp) >= high:
-                pending.discard(tp)
+    await read_to_end(consumer, tps, batch_ms=_POLL_MS)
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
     for tp in tps:
-        high = consumer.highwater(tp)
-        if high is None or await consumer.position(tp) < high:
+        end = visible_end(consumer, tp)
+        if end is None or await consumer.position(tp) < end:
             return False
     return True
 
@@ -663,7 +663,7 @@ class Client:
                 await consumer.seek_to_beginning(*tps)
             else:
                 await consumer.seek_to_end(*tps)
-                await _drain_to_highwater(consumer, tps)
+                await _drain_to_end(consumer, tps)
             yield None
             news = True  # anything read since the last "caught up" marker
             while True:

@@ -1,6 +1,7 @@
 """`runledger demo`: the whole system on one machine, in one command, cleaned up after.
 
-1. starts a private embedded broker on a free port (data in a temporary directory);
+1. starts a private embedded broker (Apache Kafka; Tansu where Java or Maven is
+   missing) on a free port, its data in a temporary directory;
 2. starts the ledger, a worker and the api as separate processes (`runledger
    ledger|worker|api`), configured only through RUNLEDGER_* variables;
 3. runs `examples.demo:flow` twice through the Python client with the live view:
@@ -32,7 +33,9 @@ from rich.table import Table
 
 from services.client.client import Client
 from services.client.watch import RunProgress, state_style, watch_run
-from services.kafka.tansu import EmbeddedBroker, die_with_parent
+from services.kafka.apache import KafkaBroker
+from services.kafka.broker import embedded_broker
+from services.kafka.process import die_with_parent
 from services.kafka.topics import ensure_topics
 from services.settings import Settings
 
@@ -82,10 +85,18 @@ def _free_port() -> int:
         return port
 
 
-def demo_environment(bootstrap: str, workdir: Path, web_port: int) -> dict[str, str]:
-    """The RUNLEDGER_* variables of the demo: its own broker, topics, data and ports."""
+def demo_environment(
+    bootstrap: str, workdir: Path, web_port: int, *, transactions: bool = True
+) -> dict[str, str]:
+    """The RUNLEDGER_* variables of the demo: its own broker, topics, data and ports.
+
+    On a broker without transactions (the Tansu fallback) the roles run at-least-once,
+    with the small fetch wait that broker needs.
+    """
     data = workdir / "data"
     return {
+        "RUNLEDGER_PROCESSING_GUARANTEE": "exactly_once" if transactions else "at_least_once",
+        "RUNLEDGER_FETCH_MAX_WAIT_MS": "100" if transactions else "10",
         "RUNLEDGER_BROKERS": bootstrap,
         "RUNLEDGER_TOPIC_PREFIX": "demo.",
         "RUNLEDGER_APP_ID": "runledger-demo",
@@ -94,7 +105,6 @@ def demo_environment(bootstrap: str, workdir: Path, web_port: int) -> dict[str, 
         "RUNLEDGER_RESULT_STORE_URL": f"file://{data}/results",
         "RUNLEDGER_WEB_PORT": str(web_port),
         "RUNLEDGER_SESSION_TIMEOUT_MS": "3000",
-        "RUNLEDGER_FETCH_MAX_WAIT_MS": "10",
         "RUNLEDGER_HEARTBEAT_INTERVAL_S": "1",
         "RUNLEDGER_HEARTBEAT_TIMEOUT_S": "10",
         "RUNLEDGER_WORKER_CONCURRENCY": "4",
@@ -210,14 +220,20 @@ def run_demo(settings: Settings, *, n: int = 5, console: Console | None = None) 
     workdir = Path(tempfile.mkdtemp(prefix="runledger-demo-"))
     log_dir = workdir / "logs"
     log_dir.mkdir(parents=True)
-    broker = EmbeddedBroker(port=0, log_dir=log_dir)
+    console.rule("[bold]RunLedger demo")
+    broker = embedded_broker(
+        settings, port=0, data_dir=workdir / "broker", log_dir=log_dir, notice=console.print
+    )
     services: list[ServiceProcess] = []
     ok = False
     try:
-        console.rule("[bold]RunLedger demo")
+        if isinstance(broker, KafkaBroker) and not broker.jars.ready():
+            console.print("fetching Apache Kafka with Maven (first start only)…")
         broker.start()
-        console.print(f"embedded broker (Tansu) on {broker.bootstrap}, pid {broker.pid}")
-        env = demo_environment(broker.bootstrap, workdir, _free_port())
+        console.print(f"embedded broker: {broker.description}, pid {broker.pid}")
+        env = demo_environment(
+            broker.bootstrap, workdir, _free_port(), transactions=broker.transactions
+        )
         demo_settings = Settings.model_validate(
             {k.removeprefix("RUNLEDGER_").lower(): v for k, v in env.items()}
         )
@@ -235,6 +251,8 @@ def run_demo(settings: Settings, *, n: int = 5, console: Console | None = None) 
         console.print("[yellow]interrupted[/]")
     except Exception as exc:  # report, then clean up below; the exit status says it failed
         console.print(f"[red]demo failed: {exc}[/]")
+        if not broker.is_running() and broker.log_path.exists():
+            console.print(f"--- broker log: {broker.log_path}")
         for service in services:
             console.print(f"--- {service.role} log (last lines):\n{service.log_tail()}")
     finally:

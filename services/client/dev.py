@@ -2,8 +2,11 @@
 
 `serve_roles` runs roles (through `services.roles.app.run_roles`) until SIGINT or
 SIGTERM, then lets them stop cleanly. `run_dev` first starts the embedded broker
-(a child process, stopped by PID afterwards), points the settings at it, creates
-the topics and prints where everything is.
+(Apache Kafka with its data under RUNLEDGER_DATA_DIR, or the memory-only Tansu
+where Java or Maven is missing: `services.kafka.broker`; a child process, stopped
+by PID afterwards), points the settings at it, creates the topics and prints
+where everything is. Stopped with Ctrl-C and started again, it finds every past
+run on Kafka.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from services.kafka.tansu import EmbeddedBroker
+from services.kafka.broker import BrokerProcess, embedded_broker, settings_for
 from services.kafka.topics import TOPICS, ensure_topics
 from services.settings import Settings
 
@@ -83,14 +86,15 @@ def serve_roles(
     asyncio.run(_until_signalled(settings, roles, on_started))
 
 
-def describe_dev(settings: Settings, broker: EmbeddedBroker) -> str:
+def describe_dev(settings: Settings, broker: BrokerProcess) -> str:
     """Where everything of a dev setup is, as printed by `runledger dev`."""
     topics = "\n".join(f"    {settings.topic(spec.name):<28} key {spec.key}" for spec in TOPICS)
     web = f"http://{settings.web_host}:{settings.web_port}"
     return (
         f"runledger dev: broker, ledger, worker ({settings.worker_concurrency} slots) and api "
         f"running (pid {os.getpid()}, broker pid {broker.pid})\n"
-        f"  bootstrap:  {broker.bootstrap}   (Tansu, memory only: data is gone on stop)\n"
+        f"  broker:     {broker.description}\n"
+        f"  guarantee:  {settings.processing_guarantee}\n"
         f"  web api:    {web}/flow_runs   {web}/health   {web}/metrics\n"
         f"  data dir:   {settings.data_dir.absolute()}\n"
         f"  results:    {settings.result_store_url}\n"
@@ -116,10 +120,10 @@ def run_dev(
     """
     stream = out if out is not None else sys.stdout
     port = settings.first_broker_port if broker_port is None else broker_port
-    broker = EmbeddedBroker(port=port, log_dir=settings.data_dir / "logs")
+    broker = embedded_broker(settings, port=port, notice=lambda line: print(line, file=stream))
     broker.start()
     try:
-        dev = with_overrides(settings, brokers=broker.bootstrap)
+        dev = with_overrides(settings_for(settings, broker), brokers=broker.bootstrap)
         asyncio.run(ensure_topics(dev))
 
         def started() -> None:

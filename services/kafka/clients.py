@@ -1,20 +1,26 @@
-"""aiokafka plumbing shared by every role: clients, records, dead letters.
+"""aiokafka plumbing shared by every role: clients, records, dead letters, reading to the end.
 
 The hot loops of the ledger and the workers are plain aiokafka (batched
-`getmany`, batched sends): on the embedded broker a faust agent writing a
-Table per event managed ~1-3k events/s against ~60k for a batched aiokafka
-loop (BROKER_NOTES.md). faust hosts the roles (lifecycle, web server, timers).
+`getmany`, batched sends): a faust agent writing a Table per event managed
+~1-3k events/s against ~60k for a batched aiokafka loop (BROKER_NOTES.md).
+faust hosts the roles (lifecycle, web server, timers).
+
+Under ``processing_guarantee=exactly_once`` every producer is idempotent and
+every consumer reads committed records only, so nothing of a ledger
+transaction that was aborted (a ledger that crashed or was fenced mid-batch)
+is ever seen.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from events import DeadLettered, deadletter_payload
@@ -26,15 +32,16 @@ log = logging.getLogger(__name__)
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """A producer for events: acks from all replicas, small linger for batching.
 
-    No idempotence or transactions: the embedded broker supports neither, and
-    every fold is idempotent by event id and sequence number instead.
+    Idempotent under exactly-once (a retried send is not written twice); plain
+    under at-least-once, where a broker may lack the idempotent producer (Tansu)
+    and every fold is idempotent by event id and sequence number instead.
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "acks": "all",
         "linger_ms": settings.producer_linger_ms,
         "max_batch_size": 1 << 20,
-        "enable_idempotence": False,
+        "enable_idempotence": settings.exactly_once,
         **settings.kafka_client_kwargs(),
     }
     options.update(overrides)
@@ -44,10 +51,10 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any
 ) -> AIOKafkaConsumer:
-    """A consumer with manual commits and the configured (small) fetch wait.
+    """A consumer with manual commits, the configured fetch wait and isolation level.
 
-    On several partitions the embedded broker answers a fetch only when the wait
-    expires, so `fetch_max_wait_ms` bounds the latency of every role.
+    Apache Kafka answers a waiting fetch as soon as data arrives; Tansu only when
+    the wait expires, which is why `fetch_max_wait_ms` is small there.
     """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
@@ -58,7 +65,7 @@ def make_consumer(
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": max(100, settings.session_timeout_ms // 3),
         "max_poll_interval_ms": 300_000,
-        "isolation_level": "read_uncommitted",
+        "isolation_level": settings.isolation_level,
         **settings.kafka_client_kwargs(),
     }
     options.update(overrides)
@@ -94,16 +101,75 @@ def dead_letter_for(
     )
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Every partition of *topic*, from a fresh metadata request.
+
+    `AIOKafkaConsumer.topics()` does not update the consumer's own metadata, and
+    Apache Kafka answers a consumer's metadata request with the topics it uses
+    only, so `partitions_for_topic` alone knows nothing of a topic not yet assigned.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise KafkaError(f"topic {topic} does not exist (are the roles' topics created?)")
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+def visible_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset a consumer of its isolation level can read up to, once a fetch answered.
+
+    Under read_committed that is the last stable offset: records of a transaction
+    still open are not visible yet, so the high watermark may never be reached
+    while a ledger keeps writing. Under read_uncommitted it is the fetch's high
+    watermark (exact on every broker, unlike ListOffsets on Tansu).
+    """
+    if consumer._isolation_level == "read_committed":  # aiokafka keeps it only here
+        lso: int | None = consumer.last_stable_offset(tp)
+        if lso is not None and lso >= 0:
+            return lso
+    high: int | None = consumer.highwater(tp)
+    return high
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    tps: Iterable[TopicPartition],
+    on_records: Callable[[list[ConsumerRecord[bytes, bytes]]], None] | None = None,
+    *,
+    batch_ms: int = 200,
+    max_records: int = 10_000,
+) -> None:
+    """Read the assigned *tps* from their positions to their ends, handing batches on.
+
+    Each partition's end is the first `visible_end` a fetch reports, not a moving
+    target: a partition that is written to all the time still ends, and the read
+    costs what the partition held when it began.
+    """
+    pending = set(tps)
+    targets: dict[TopicPartition, int] = {}
+    while pending:
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = (
+            await consumer.getmany(*pending, timeout_ms=batch_ms, max_records=max_records)
+        )
+        if on_records is not None:
+            for records in batch.values():
+                on_records(records)
+        for tp in list(pending):
+            if tp not in targets:
+                end = visible_end(consumer, tp)
+                if end is None:
+                    continue
+                targets[tp] = end
+            if await consumer.position(tp) >= targets[tp]:
+                pending.discard(tp)
+
+
 async def read_partitions_to_end(
     settings: Settings,
     partitions: Iterable[TopicPartition],
     batch_ms: int = 200,
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of the given partitions, from offset 0 to the current end.
-
-    The end is the fetch high-watermark, not `end_offsets()` (which this broker
-    reports wrongly after batched produce, BROKER_NOTES.md).
-    """
+    """Every visible record of the given partitions, from offset 0 to their ends (`read_to_end`)."""
     tps = list(partitions)
     if not tps:
         return []
@@ -113,17 +179,7 @@ async def read_partitions_to_end(
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        pending = set(tps)
-        while pending:
-            batch: Mapping[
-                TopicPartition, list[ConsumerRecord[bytes, bytes]]
-            ] = await consumer.getmany(*pending, timeout_ms=batch_ms, max_records=10_000)
-            for recs in batch.values():
-                records.extend(recs)
-            for tp in list(pending):
-                high = consumer.highwater(tp)
-                if high is not None and await consumer.position(tp) >= high:
-                    pending.discard(tp)
+        await read_to_end(consumer, tps, records.extend, batch_ms=batch_ms)
     finally:
         await consumer.stop()
     return records

@@ -8,6 +8,7 @@ set back on existing topics where someone changed them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -200,6 +201,7 @@ async def reconcile_topics(
     existing = [spec for spec in TOPICS if settings.topic(spec.name) in counts]
     if missing:
         await _create_topics(admin, settings, missing, counts, timeout_s)
+        await _until_led(admin, [settings.topic(spec.name) for spec in missing], timeout_s)
     if existing and correct_configs:
         await _correct_configs(admin, settings, existing)
 
@@ -270,6 +272,35 @@ async def _create_topics(
         if code:
             raise for_code(code)(f"could not create topic {topic}: {message}")
         log.info("created topic %s", topic)
+
+
+async def _until_led(admin: TopicAdmin, topics: list[str], timeout_s: float) -> None:
+    """Return once every partition of *topics* has a leader in the broker's metadata.
+
+    Apache Kafka answers CreateTopics once the controller has the topics; the
+    broker's metadata and the partition leaders follow a moment later, and a role
+    started in between would find no partitions (or get NotEnoughReplicas).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    waiting = set(topics)
+    while True:
+        # All topics, as in `_partition_counts`: never a Metadata request naming topics.
+        for entry in await admin.describe_topics():
+            if entry["topic"] not in waiting:
+                continue
+            partitions = entry.get("partitions") or []
+            if not entry.get("error_code") and partitions and all(
+                part.get("leader", -1) >= 0 for part in partitions
+            ):
+                waiting.discard(entry["topic"])
+        if not waiting:
+            return
+        if loop.time() > deadline:
+            raise KafkaError(
+                f"topics {sorted(waiting)} have no partition leaders after {timeout_s}s"
+            )
+        await asyncio.sleep(0.05)
 
 
 async def _correct_configs(

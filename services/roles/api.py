@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiokafka import TopicPartition
 
 from engine.orchestration import FlowRunView, TaskRunRecord, evolve
 from events import Event, EventDecodeError, TaskRunTransitioned, decode
-from services.kafka.clients import make_consumer
+from services.kafka.clients import make_consumer, topic_partitions, visible_end
 from services.kafka.topics import ensure_topics
 from services.settings import Settings
 
@@ -352,9 +351,7 @@ async def tail_ledger(settings: Settings, model: ReadModel, stop: asyncio.Event)
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()  # metadata for every topic, so the partitions are known
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while not stop.is_set():
@@ -364,12 +361,12 @@ async def tail_ledger(settings: Settings, model: ReadModel, stop: asyncio.Event)
                     model.apply_record(record.value)
             lag = 0
             for tp in tps:
-                high = consumer.highwater(tp)
+                end = visible_end(consumer, tp)
                 position = await consumer.position(tp)
-                lag += max(0, (high if high is not None else position) - position)
+                lag += max(0, (end if end is not None else position) - position)
             model.lag = lag
-            # The high watermark, not end_offsets(): the latter is wrong on Tansu.
-            if not model.caught_up and all(consumer.highwater(tp) is not None for tp in tps):
+            # The fetch's end, not end_offsets(): the latter is wrong on Tansu.
+            if not model.caught_up and all(visible_end(consumer, tp) is not None for tp in tps):
                 model.caught_up = lag == 0
     finally:
         await consumer.stop()

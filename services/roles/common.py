@@ -28,6 +28,7 @@ from events import WorkerIdentity
 __all__ = [
     "HEADER_COMMAND",
     "HEADER_PARTITION",
+    "HEADER_WRITER",
     "CommitPipeline",
     "Outgoing",
     "header",
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 HEADER_COMMAND = "rl-command"
 """On ledger facts: the id of the command they answer. Workers waiting for a claim
 check it before decoding anything, so tailing the whole ledger stays cheap."""
+
+HEADER_WRITER = "rl-writer"
+"""On ledger facts: ``<ledger identity>#<assignment>``, the ledger process that wrote
+them and the partition assignment it wrote under (the audit's "which ledger decided
+this"; on one partition a tag never comes back once another appeared)."""
 
 HEADER_PARTITION = "rl-partition"
 """On work records: the commands/ledger partition of the flow run. Workers send

@@ -9,16 +9,20 @@ hot loop is not a faust agent):
    kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
 2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
    topic with the reason), give a plan-less RunRequested its plan (the flow is
-   loaded through `services.roles.codeload`), `decide_and_evolve`, queue the facts to
-   `ledger` (on the partition the command came from) and every WorkDispatched
-   also to `work`, await every ack, then commit the batch's offsets. Each view is
-   replaced once per command (the core folds a command's facts into one copy).
+   loaded through `services.roles.codeload`), `decide_and_evolve`, and hand the
+   facts (to `ledger`, on the partition the command came from), every
+   WorkDispatched also to `work`, and the commands' offsets to the writer
+   (`services.roles.ledger_writer`): one Kafka transaction per partition under
+   exactly-once, plain sends and a commit after the acks under at-least-once.
+   Each view is replaced once per command (the core folds a command's facts
+   into one copy).
 3. Between batches the scheduler issues `SchedulerTicked` for runs whose
    Scheduled/Retrying/Paused start time has come. Its timers are the views'
    `scheduled` maps, so they come back with the fold after a restart.
 
-A redelivered command changes nothing (`decide` knows it by id), so a crash
-between producing and committing only replays work already on the ledger.
+A redelivered command changes nothing (`decide` knows it by id). Under
+exactly-once a crash leaves nothing of its open transaction visible; under
+at-least-once it only replays work already on the ledger.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from engine.clock import Clock, SystemClock
@@ -55,7 +59,6 @@ from events import (
 from services.kafka.clients import (
     dead_letter_for,
     make_consumer,
-    make_producer,
     partition_for,
     read_partitions_to_end,
 )
@@ -63,11 +66,17 @@ from services.roles.codeload import FlowLoadError, load_flow
 from services.roles.common import (
     HEADER_COMMAND,
     HEADER_PARTITION,
-    CommitPipeline,
+    HEADER_WRITER,
     Outgoing,
+    partition_of,
     role_identity,
-    send_records,
     spread,
+)
+from services.roles.ledger_writer import (
+    AtLeastOnceWriter,
+    LedgerWriter,
+    TransactionalWriter,
+    WriteFailure,
 )
 from services.roles.scheduler import Timers, lost_attempts, tick
 from services.settings import Settings
@@ -79,9 +88,6 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_MS = 100
 """Longest wait for commands before the loop looks at the stop flag and the timers."""
 
-_SEND_CHUNK = 2_000
-"""Facts encoded and queued at a time: a map's expansion (three facts and a work
-item per child) then reaches the workers while the rest is still being encoded."""
 
 
 @dataclass
@@ -140,7 +146,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 @dataclass
 class _Batch:
-    """What one batch of commands produces, sent together before the commit."""
+    """What one batch of commands from one partition produces: written in one go."""
 
     facts: list[tuple[Event, int, bytes, bytes]] = field(default_factory=list)
     """(fact, ledger partition, key, id of the command it answers): encoded at send."""
@@ -157,6 +163,10 @@ class Ledger:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.identity = role_identity("ledger")
+        self._writer_tag = f"{self.identity.id}#0".encode()
+        """The `HEADER_WRITER` of this process's facts: its identity and its ownership
+        (the number of the assignment it writes under)."""
+        self._assignments = 0
         self.views: dict[str, FlowRunView] = {}
         self.home: dict[str, int] = {}
         """Partition of each flow run (its commands and its facts share the number)."""
@@ -168,36 +178,44 @@ class Ledger:
         self._last_lost_check = self.clock()
         self._plans: dict[FlowRef, FlowPlan] = {}
         self._lock = asyncio.Lock()
-        self._pipeline: CommitPipeline
+        self._writer: LedgerWriter
+        self._consumer: AIOKafkaConsumer
         self._work_partitions = 1
         self._command_partitions = 1
+        self._deadletter_partitions = 1
         self._topics = settings.topic_names()
 
     # ----- the loop ------------------------------------------------------------------
 
+    @property
+    def group_id(self) -> str:
+        """The ledger's consumer group on `commands`."""
+        return f"{self.settings.app_id}-ledger"
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume commands until `stop` is set; what was taken is produced and committed."""
-        # linger 0: records are batched here already (send_records); a linger would
-        # only add its time to every hop of every run.
-        producer = make_producer(self.settings, linger_ms=0, max_request_size=16 << 20)
-        consumer = make_consumer(
-            self.settings,
-            group_id=f"{self.settings.app_id}-ledger",
-            max_partition_fetch_bytes=16 << 20,
+        """Consume commands until `stop` is set; what was taken is written and committed."""
+        consumer = self._consumer = make_consumer(
+            self.settings, group_id=self.group_id, max_partition_fetch_bytes=16 << 20
         )
-        self._pipeline = CommitPipeline(consumer)
-        committer = asyncio.create_task(self._pipeline.run(), name="ledger-committer")
-        await producer.start()
+        writer = self._writer = (
+            TransactionalWriter(self.settings, self.group_id)
+            if self.settings.exactly_once
+            else AtLeastOnceWriter(self.settings, consumer)
+        )
+        await writer.start()
         try:
-            self._work_partitions = len(await producer.partitions_for(self._topics["work"]))
-            self._command_partitions = len(await producer.partitions_for(self._topics["commands"]))
+            self._work_partitions = len(await writer.partitions_for(self._topics["work"]))
+            self._command_partitions = len(await writer.partitions_for(self._topics["commands"]))
+            self._deadletter_partitions = len(
+                await writer.partitions_for(self._topics["deadletter"])
+            )
             await consumer.start()
             consumer.subscribe([self._topics["commands"]], listener=_Rebalance(self))
             while not stop.is_set():
-                if committer.done():
-                    committer.result()  # it died: raise rather than never commit again
-                if self._pipeline.failure is not None:
-                    await self._recover(consumer)
+                failures = writer.take_failures()
+                if failures:
+                    async with self._lock:
+                        await self._recover(failures)
                 batch = await consumer.getmany(
                     timeout_ms=self._poll_ms(), max_records=self.settings.ledger_batch_max
                 )
@@ -205,34 +223,47 @@ class Ledger:
                     started = time.perf_counter()
                     try:
                         if batch:
-                            await self._handle_batch(producer, batch)
-                        await self._tick(producer)
-                    except Exception as exc:  # a bug: never let it stop the ledger
-                        log.exception("ledger batch failed")
-                        self._pipeline.failure = exc
+                            await self._handle_batch(batch)
+                        await self._tick()
+                    except Exception:  # a bug: never let it stop the ledger
+                        log.exception("ledger batch failed; re-folding its partitions")
+                        failed = RuntimeError("a ledger batch failed")
+                        await self._recover([WriteFailure(p, failed, False) for p in self.owned])
                     self.stats.busy_s += time.perf_counter() - started
-            await self._pipeline.drain()
+            await writer.drain()
         finally:
-            committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
             await consumer.stop()
-            await producer.stop()
+            await writer.stop()
 
-    async def _recover(self, consumer: AIOKafkaConsumer) -> None:
-        """After a failed send: the views may be ahead of the log. Re-fold, re-read."""
-        log.warning("re-folding the ledger after %r", self._pipeline.failure)
-        async with self._lock:
-            await self._pipeline.drain()
-            self._pipeline.failure = None
-            owned = set(self.owned)
-            await self._rebuild(owned)
-            for partition in owned:
-                tp = TopicPartition(self._topics["commands"], partition)
-                committed = await consumer.committed(tp)
-                if committed is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, committed)
+    async def _recover(self, failures: list[WriteFailure]) -> None:
+        """After failed writes the views are ahead of the log: re-fold, re-read (locked).
+
+        A fenced partition belongs to another ledger now: it is dropped and paused
+        until the group assigns it here again. Any other failure re-opens the
+        partition's writer, re-folds its views and seeks back to the last
+        committed command offset.
+        """
+        await self._writer.drain()
+        fenced = {f.partition for f in failures if f.fenced} & self.owned
+        retry = {f.partition for f in failures if not f.fenced} & self.owned
+        topic = self._topics["commands"]
+        if fenced:
+            await self._writer.release(fenced)
+            self._forget(fenced)
+            self.owned = self.owned - fenced
+            self._consumer.pause(*(TopicPartition(topic, p) for p in fenced))
+        if not retry:
+            return
+        log.warning("re-folding ledger partitions %s after %r", sorted(retry), failures[0].error)
+        await self._writer.own(retry)
+        await self._rebuild(retry)
+        for partition in retry:
+            tp = TopicPartition(topic, partition)
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
 
     def _poll_ms(self) -> int:
         return self._timers.wait_ms(self.clock(), _IDLE_POLL_MS)
@@ -240,13 +271,20 @@ class Ledger:
     # ----- partitions ----------------------------------------------------------------
 
     async def _revoked(self, partitions: set[int]) -> None:
-        async with self._lock:  # let the current batch finish, be acknowledged and committed
-            await self._pipeline.drain()
+        async with self._lock:  # let the current batch finish and be written
+            await self._writer.release(partitions)
             self._forget(partitions)
             self.owned = self.owned - partitions
 
     async def _assigned(self, partitions: set[int]) -> None:
         async with self._lock:
+            topic = self._topics["commands"]
+            self._consumer.resume(*(TopicPartition(topic, p) for p in partitions))
+            # Fence an earlier owner before reading: its open transaction is aborted,
+            # so the rebuild sees every committed fact and waits for none.
+            await self._writer.own(partitions)
+            self._assignments += 1
+            self._writer_tag = f"{self.identity.id}#{self._assignments}".encode()
             await self._rebuild(partitions)
             self.owned = frozenset(partitions)
             self.ready.set()
@@ -283,19 +321,15 @@ class Ledger:
     # ----- one batch -----------------------------------------------------------------
 
     async def _handle_batch(
-        self,
-        producer: AIOKafkaProducer,
-        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
-        out = _Batch()
-        offsets: dict[TopicPartition, int] = {}
         for tp, records in batch.items():
             if tp.partition not in self.owned:
                 continue  # fetched before a revocation: its new owner reads it again
+            out = _Batch()
             for record in records:
                 await self._handle_record(record, out)
-                offsets[tp] = record.offset + 1
-        await self._send(producer, out, offsets)
+            await self._send(tp.partition, out, {tp: records[-1].offset + 1})
         self.stats.batches += 1
 
     async def _handle_record(self, record: ConsumerRecord[bytes, bytes], out: _Batch) -> None:
@@ -368,7 +402,8 @@ class Ledger:
         records: list[Outgoing] = []
         for fact, partition, key, command_id in facts:
             value = encode(fact)
-            records.append(Outgoing(ledger, partition, key, value, [(HEADER_COMMAND, command_id)]))
+            headers = [(HEADER_COMMAND, command_id), (HEADER_WRITER, self._writer_tag)]
+            records.append(Outgoing(ledger, partition, key, value, headers))
             if isinstance(fact, WorkDispatched):
                 work_key = fact.work.task_run_id.encode()
                 records.append(
@@ -383,25 +418,23 @@ class Ledger:
         return records
 
     async def _send(
-        self,
-        producer: AIOKafkaProducer,
-        out: _Batch,
-        offsets: dict[TopicPartition, int] | None = None,
+        self, partition: int, out: _Batch, offsets: dict[TopicPartition, int] | None = None
     ) -> None:
-        """Queue the batch's records; the pipeline commits `offsets` once they are acked."""
-        futures = await send_records(producer, out.records)
-        for start in range(0, len(out.facts), _SEND_CHUNK):
-            if start:
-                await asyncio.sleep(0)  # the producer ships the last chunk meanwhile
-            chunk = out.facts[start : start + _SEND_CHUNK]
-            futures.extend(await send_records(producer, self._encoded(chunk)))
+        """Hand the batch's records and the commands' `offsets` to the writer as one write."""
+        records = out.records + self._encoded(out.facts)
+        deadletter = self._topics["deadletter"]
         for dead in out.dead:
-            futures.append(
-                await producer.send(
-                    self._topics["deadletter"], encode(dead), key=dead.flow_run_id.encode()
+            key = dead.flow_run_id.encode()
+            records.append(
+                Outgoing(
+                    deadletter,
+                    partition_of(key, self._deadletter_partitions),
+                    key,
+                    encode(dead),
                 )
             )
-        self._pipeline.push(futures, offsets or {})
+        if records or offsets:
+            await self._writer.submit(partition, records, offsets or {})
         for flow_run_id in out.touched:
             self._timers.refresh(self.views.get(flow_run_id), flow_run_id)
 
@@ -462,7 +495,7 @@ class Ledger:
 
     # ----- the scheduler -------------------------------------------------------------
 
-    async def _tick(self, producer: AIOKafkaProducer) -> None:
+    async def _tick(self) -> None:
         """SchedulerTicked for every flow run with a start time that has come, and,
         every heartbeat interval, for runs with an attempt whose worker went silent
         (the core fails such an attempt, and retries it if it may)."""
@@ -479,15 +512,18 @@ class Ledger:
             )
         if not due:
             return
-        out = _Batch()
+        outs: dict[int, _Batch] = {}
         for flow_run_id in due:
             command = tick(self.views[flow_run_id], now, self.identity, timeout)
             view, facts = decide_and_evolve(self.views[flow_run_id], command, now)
             self.stats.ticks += 1
+            partition = self.home[flow_run_id]
             if facts:
-                self._record(view, facts, command.event_id, self.home[flow_run_id], out)
+                out = outs.setdefault(partition, _Batch())
+                self._record(view, facts, command.event_id, partition, out)
             else:
                 # Nothing could start (e.g. the flow is being cancelled): stop asking
                 # until a command changes this run again.
                 self._timers.forget(flow_run_id)
-        await self._send(producer, out)
+        for partition, out in outs.items():
+            await self._send(partition, out)

@@ -61,7 +61,7 @@ from events import (
     decode,
     encode,
 )
-from services.kafka.clients import dead_letter_for, make_consumer, make_producer
+from services.kafka.clients import dead_letter_for, make_consumer, make_producer, visible_end
 from services.roles.codeload import FlowLoadError, import_handlers, load_flow
 from services.roles.common import (
     HEADER_COMMAND,
@@ -209,7 +209,7 @@ class Worker:
                 topic = self._topics[name]
                 self._partitions[name] = len(await producer.partitions_for(topic))
             await tail.start()
-            await self._assign_tail(tail)
+            await self._assign_tail(tail, await producer.partitions_for(self._topics["ledger"]))
             helpers = [
                 asyncio.create_task(self._tail_loop(tail), name="worker-ledger-tail"),
                 asyncio.create_task(self._outbox.run(producer), name="worker-sender"),
@@ -287,16 +287,17 @@ class Worker:
     ) -> int:
         """The first offset of `tp` that no earlier owner of the partition can have fetched.
 
-        That is the high watermark of this worker's first fetch after the
-        assignment (exact on every broker, unlike ListOffsets here): an earlier
-        owner stopped fetching when the partition was revoked, before that fetch.
+        That is the visible end of this worker's first fetch after the assignment
+        (`visible_end`: the last stable offset under read_committed, else the high
+        watermark): an earlier owner stopped fetching when the partition was
+        revoked, before that fetch, and could not read past that end either.
         """
         if self.settings.worker_await_claims:
             return sys.maxsize
         floor = self._fresh_from.get(tp)
         if floor is None:
-            highwater = consumer.highwater(tp) or 0
-            floor = self._fresh_from[tp] = max(highwater, records[-1].offset + 1)
+            end = visible_end(consumer, tp) or 0
+            floor = self._fresh_from[tp] = max(end, records[-1].offset + 1)
         return floor
 
     def _start(
@@ -541,13 +542,12 @@ class Worker:
         await asyncio.shield(self._tail_resuming)
         self._enqueue(job, record)
 
-    async def _assign_tail(self, tail: AIOKafkaConsumer) -> None:
+    async def _assign_tail(self, tail: AIOKafkaConsumer, partitions: Iterable[int]) -> None:
+        # The partitions come from the producer's metadata, which waits for the topic:
+        # a consumer's `topics()` does not update its own metadata.
         self._tail = tail
         topic = self._topics["ledger"]
-        await tail.topics()  # metadata, so the partitions are known
-        self._tail_partitions = [
-            TopicPartition(topic, p) for p in sorted(tail.partitions_for_topic(topic) or ())
-        ]
+        self._tail_partitions = [TopicPartition(topic, p) for p in sorted(partitions)]
         tail.assign(self._tail_partitions)
         tail.pause(*self._tail_partitions)  # until a claim is awaited
 

@@ -8,26 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from services.kafka.broker import BrokerProcess, settings_for
 from services.settings import Settings
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+def kafka_settings(
+    kafka_bootstrap: str, tmp_path: Path, embedded_broker: BrokerProcess
+) -> Settings:
     """Settings for the session broker with a topic prefix and app id unique to the test.
 
     The broker is shared by the whole session, so every test works in its own topic
-    namespace and consumer groups. The short session timeout keeps consumer-group
-    joins at ~1.5 s (Tansu holds a first JoinGroup for about half the session timeout).
+    namespace and consumer groups. A short session timeout makes failover fast (the
+    embedded Kafka allows sessions down to 1 s). On Kafka the roles run exactly-once;
+    on the Tansu fallback at-least-once with its small fetch wait (`settings_for`).
     """
     unique = uuid.uuid4().hex[:10]
-    return Settings(
+    settings = Settings(
         brokers=kafka_bootstrap,
         topic_prefix=f"t{unique}.",
         app_id=f"test-{unique}",
         data_dir=tmp_path / "data",
         session_timeout_ms=3000,
-        fetch_max_wait_ms=10,
     )
+    return settings_for(settings, embedded_broker)
 
 
 @pytest.fixture

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable
 
+import faust
+
 from services.settings import Settings
-from tests.integration.faust_support import RunLedgerFaustApp, faust_options
+from tests.integration.faust_support import faust_options
 
 settings = Settings()
-app = RunLedgerFaustApp(
+app = faust.App(
     f"{settings.app_id}-echo",
-    fetch_max_wait_ms=settings.fetch_max_wait_ms,
     **faust_options(settings),
 )
 echo_in = app.topic(

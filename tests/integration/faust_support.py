@@ -1,24 +1,12 @@
-"""The faust App tuned for the embedded Tansu broker, as the broker tests use it.
+"""faust App options from RunLedger settings, as the broker tests use them.
 
-It lives in `services.roles.app` (the roles' host); this module re-exports it for the
-integration tests that prove it works (see services/roles/app.py for why each piece is
-there: the consumer's fetch wait, the explicit options, ``env={}``).
+They live in `services.roles.app` (the roles' host); this module re-exports them for
+the integration tests that prove them (see services/roles/app.py for why each option
+is explicit, and ``env={}``).
 """
 
 from __future__ import annotations
 
-from services.roles.app import (
-    LowLatencyConsumer,
-    LowLatencyConsumerThread,
-    LowLatencyTransport,
-    RunLedgerFaustApp,
-    faust_options,
-)
+from services.roles.app import faust_options
 
-__all__ = [
-    "LowLatencyConsumer",
-    "LowLatencyConsumerThread",
-    "LowLatencyTransport",
-    "RunLedgerFaustApp",
-    "faust_options",
-]
+__all__ = ["faust_options"]

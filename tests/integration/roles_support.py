@@ -140,16 +140,28 @@ class RolesThread:
         until: Callable[[FlowRunView], bool] = FlowRunView.is_finished,
         timeout_s: float = 30,
     ) -> FlowRunView:
-        """Poll the live ledger view until `until(view)`; AssertionError on timeout."""
+        """Poll the live ledger view until `until(view)`; AssertionError on timeout.
+
+        The view is returned once the ledger topic has caught up with it (or after
+        a few seconds, for the caller's comparison to report): a view is decided
+        before its transaction commits, and a committed transaction becomes
+        readable a moment later, when its markers are written.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             view = self.ledger_views.get(flow_run_id)
             if view is not None and until(view):
+                self._until_committed(flow_run_id, view)
                 return view
             if time.monotonic() > deadline:
                 state = None if view is None else view.flow_state_type
                 raise AssertionError(f"flow run {flow_run_id} not there in {timeout_s}s ({state})")
             time.sleep(0.01)
+
+    def _until_committed(self, flow_run_id: str, view: FlowRunView, timeout_s: float = 5) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.fold_of(flow_run_id) != view and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def records(self, topic: TopicName) -> list[ConsumerRecord[bytes, bytes]]:
         return self.call(topic_records(self.settings, topic))

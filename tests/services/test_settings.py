@@ -23,7 +23,9 @@ def test_defaults_are_local_and_loopback() -> None:
     assert settings.replication_factor == 1
     assert settings.flow_allowlist == ["examples", "tests"]
     assert settings.signing_key is None
-    assert settings.fetch_max_wait_ms == 10
+    assert settings.fetch_max_wait_ms == 100
+    assert settings.processing_guarantee == "exactly_once"
+    assert settings.embedded_broker == "auto"
     assert settings.app_id == "runledger"
 
 

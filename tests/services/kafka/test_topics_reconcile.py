@@ -67,7 +67,11 @@ class FakeAdmin:
         self.calls.append("describe_topics")
         assert topics is None  # named topics could be auto-created by the broker
         return [
-            {"topic": name, "partitions": [{"partition": i} for i in range(t.partitions)]}
+            {
+                "topic": name,
+                "error_code": 0,
+                "partitions": [{"partition": i, "leader": 1} for i in range(t.partitions)],
+            }
             for name, t in self.topics.items()
         ]
 
@@ -155,7 +159,30 @@ async def test_missing_topics_are_created_with_their_configs_and_not_described()
     admin = FakeAdmin()
     await reconcile_topics(admin, _settings())
     assert admin.topics == _complete()
-    assert admin.calls == ["describe_topics", "create_topics"]
+    # The second metadata call waits for the new partitions' leaders; configs are not read.
+    assert admin.calls == ["describe_topics", "create_topics", "describe_topics"]
+
+
+@dataclass
+class LeaderlessAtFirst(FakeAdmin):
+    """Kafka right after CreateTopics: the new partitions have no leader for a moment."""
+
+    leaderless_answers: int = 2
+
+    async def describe_topics(self, topics: list[str] | None = None) -> list[Any]:
+        entries = await super().describe_topics(topics)
+        if "create_topics" in self.calls and self.leaderless_answers:
+            self.leaderless_answers -= 1
+            for entry in entries:
+                entry["partitions"] = [{**part, "leader": -1} for part in entry["partitions"]]
+        return entries
+
+
+async def test_created_topics_are_waited_for_until_every_partition_has_a_leader() -> None:
+    admin = LeaderlessAtFirst()
+    await reconcile_topics(admin, _settings())
+    assert admin.leaderless_answers == 0
+    assert admin.calls.count("describe_topics") == 4  # before, twice leaderless, then led
 
 
 async def test_matching_topics_cost_one_metadata_and_one_describe_call_and_no_warning(

@@ -15,13 +15,20 @@ TP = TopicPartition("work", 0)
 
 
 class FakeConsumer:
-    """Just the high watermark of the last fetch, per partition."""
+    """The high watermark and last stable offset of the last fetch, as aiokafka keeps them."""
 
-    def __init__(self, highwater: int) -> None:
+    def __init__(
+        self, highwater: int, *, lso: int = -1, isolation: str = "read_uncommitted"
+    ) -> None:
         self.highwater_of = highwater
+        self.lso = lso
+        self._isolation_level = isolation
 
     def highwater(self, tp: TopicPartition) -> int:
         return self.highwater_of
+
+    def last_stable_offset(self, tp: TopicPartition) -> int:
+        return self.lso
 
 
 def records(*offsets: int) -> list[ConsumerRecord[bytes, bytes]]:
@@ -58,6 +65,14 @@ def test_a_new_assignment_measures_the_floor_anew(tmp_path: Path) -> None:
     listener = _Rebalance(w, None)
     asyncio.run(listener.on_partitions_assigned([TP]))
     assert w._fresh_floor(FakeConsumer(highwater=30), TP, records(25)) == 30
+
+
+def test_under_read_committed_the_floor_is_the_last_stable_offset(tmp_path: Path) -> None:
+    """Work items of a ledger transaction still open (between the LSO and the high
+    watermark) cannot have been fetched by anyone yet: they count as fresh."""
+    w = worker(tmp_path)
+    consumer = FakeConsumer(highwater=20, lso=12, isolation="read_committed")
+    assert w._fresh_floor(consumer, TP, records(7, 8)) == 12
 
 
 def test_with_worker_await_claims_no_record_is_fresh(tmp_path: Path) -> None:

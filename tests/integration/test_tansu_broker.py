@@ -1,7 +1,8 @@
-"""EmbeddedBroker's lifecycle and the `runledger broker` command, with the real Tansu binary."""
+"""The Tansu fallback broker, and the process life both brokers share (real Tansu binary)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import importlib.util
 import os
@@ -17,15 +18,14 @@ from pathlib import Path
 import pytest
 
 from services.client.cli import main
-from services.kafka import tansu as broker_module
-from services.kafka.tansu import (
-    BrokerError,
-    BrokerNotFoundError,
-    EmbeddedBroker,
-    check_loopback,
-    tansu_binary,
-)
+from services.kafka import process as broker_module
+from services.kafka.broker import settings_for
+from services.kafka.process import BrokerError, check_loopback
+from services.kafka.tansu import BrokerNotFoundError, TansuBroker, tansu_binary
+from services.kafka.topics import ensure_topics
+from services.settings import Settings
 from tests.integration.procnet import listening_addresses
+from tests.integration.roles_support import RolesThread, run_request
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def test_tansu_binary_reports_a_missing_package(monkeypatch: pytest.MonkeyPatch)
 def test_non_loopback_hosts_are_refused(host: str) -> None:
     """The broker has no authentication, so it never binds a reachable address."""
     with pytest.raises(ValueError, match=r"loopback|not an IP"):
-        EmbeddedBroker(host=host)
+        TansuBroker(host=host)
 
 
 def test_localhost_means_127_0_0_1() -> None:
@@ -85,7 +85,7 @@ def test_localhost_means_127_0_0_1() -> None:
 
 def test_start_and_stop_by_pid(tmp_path: Path) -> None:
     """start() blocks until ready, writes a log under log_dir, and stop() ends the process."""
-    broker = EmbeddedBroker(log_dir=tmp_path)
+    broker = TansuBroker(log_dir=tmp_path)
     with broker:
         pid = broker.pid
         assert pid is not None
@@ -107,7 +107,7 @@ def test_a_port_in_use_is_refused_before_launching(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        broker = EmbeddedBroker(port=port, log_dir=tmp_path)
+        broker = TansuBroker(port=port, log_dir=tmp_path)
         with pytest.raises(BrokerError, match="already in use"):
             broker.start()
     assert broker.pid is None
@@ -123,7 +123,7 @@ def _fake_binary(tmp_path: Path, script: str) -> Path:
 def test_a_broker_that_exits_early_is_reported_with_its_log(tmp_path: Path) -> None:
     """start() raises with the exit status and the log tail when the process dies."""
     binary = _fake_binary(tmp_path, "echo 'cannot start: no reason'; exit 3")
-    broker = EmbeddedBroker(log_dir=tmp_path, binary=binary)
+    broker = TansuBroker(log_dir=tmp_path, binary=binary)
     with pytest.raises(BrokerError, match=r"(?s)exited with status 3.*no reason"):
         broker.start()
     assert broker.pid is None
@@ -132,7 +132,7 @@ def test_a_broker_that_exits_early_is_reported_with_its_log(tmp_path: Path) -> N
 def test_a_broker_that_never_listens_times_out_and_is_stopped(tmp_path: Path) -> None:
     """start() gives up after startup_timeout_s and stops what it launched."""
     binary = _fake_binary(tmp_path, "exec sleep 60")
-    broker = EmbeddedBroker(log_dir=tmp_path, binary=binary, startup_timeout_s=0.5)
+    broker = TansuBroker(log_dir=tmp_path, binary=binary, startup_timeout_s=0.5)
     started = time.monotonic()
     with pytest.raises(BrokerError, match="did not open its port"):
         broker.start()
@@ -142,7 +142,7 @@ def test_a_broker_that_never_listens_times_out_and_is_stopped(tmp_path: Path) ->
 
 def test_stop_escalates_to_sigkill(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that ignores SIGTERM is killed after the grace period."""
-    broker = EmbeddedBroker(stop_timeout_s=0.5)
+    broker = TansuBroker(stop_timeout_s=0.5)
     stubborn = subprocess.Popen(
         ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
         start_new_session=True,
@@ -162,66 +162,73 @@ def testdie_with_parent_is_available_on_linux() -> None:
     assert broker_module.die_with_parent() is not None
 
 
-def _start_cli(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], int, int]:
-    """Run `runledger broker ...`; return the process, the broker's port and its pid."""
+@pytest.mark.multiprocess
+def test_cli_broker_runs_tansu_when_asked_and_stops_it_on_sigterm(
+    free_port: int, tmp_path: Path
+) -> None:
+    """`RUNLEDGER_EMBEDDED_BROKER=tansu runledger broker` serves 127.0.0.1:P, says its data
+    is memory only, and stops the broker on SIGTERM."""
+    env = {
+        **os.environ,
+        "RUNLEDGER_DATA_DIR": str(tmp_path),
+        "RUNLEDGER_EMBEDDED_BROKER": "tansu",
+    }
     process = subprocess.Popen(
-        [str(RUNLEDGER), "broker", *argv],
+        [str(RUNLEDGER), "broker", "--port", str(free_port)],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    found = re.search(r"listening on 127\.0\.0\.1:(\d+) \(pid (\d+)", first)
-    if found is None:
-        process.kill()
-        rest = process.communicate()[0]
-        raise AssertionError(f"unexpected output: {first}{rest}")
-    return process, int(found.group(1)), int(found.group(2))
-
-
-@pytest.mark.multiprocess
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_cli_broker_runs_in_foreground_and_stops_cleanly(
-    stop_signal: signal.Signals, free_port: int, tmp_path: Path
-) -> None:
-    """`runledger broker --port P` serves 127.0.0.1:P and stops the broker on SIGINT/SIGTERM."""
-    env = {**os.environ, "RUNLEDGER_DATA_DIR": str(tmp_path)}
-    process, port, tansu_pid = _start_cli(["--port", str(free_port)], env)
     try:
-        assert port == free_port
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        found = re.search(r"Tansu \(memory only.* on 127\.0\.0\.1:(\d+) \(pid (\d+)", first)
+        assert found is not None, first
+        tansu_pid = int(found.group(2))
+        assert int(found.group(1)) == free_port
         assert listening_addresses(tansu_pid) == {("127.0.0.1", free_port)}
         assert list((tmp_path / "logs").glob("tansu-*.log"))
-        os.kill(process.pid, stop_signal)
+        os.kill(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     assert process.returncode == 0, output
-    assert "stopping" in output
+    assert "memory only" in first
     assert not _alive(tansu_pid)
 
 
 @pytest.mark.multiprocess
-def test_cli_broker_defaults_to_the_port_of_runledger_brokers(
-    free_port: int, tmp_path: Path
-) -> None:
-    """Without --port the broker listens where RUNLEDGER_BROKERS points clients."""
-    env = {
-        **os.environ,
-        "RUNLEDGER_DATA_DIR": str(tmp_path),
-        "RUNLEDGER_BROKERS": f"127.0.0.1:{free_port}",
-    }
-    process, port, _ = _start_cli([], env)
-    try:
-        assert port == free_port
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
-    assert process.returncode == 0
+def test_a_flow_runs_at_least_once_on_tansu(tmp_path: Path) -> None:
+    """The no-Java fallback keeps working: ledger and worker on a private Tansu broker, at
+    least once (it has no transactions), finish a small map, and the ledger topic folds
+    to the live view."""
+    with TansuBroker(log_dir=tmp_path / "logs") as broker:
+        settings = settings_for(
+            Settings(
+                brokers=broker.bootstrap,
+                topic_prefix="smoke.",
+                data_dir=tmp_path / "data",
+                session_timeout_ms=3000,
+            ),
+            broker,
+        )
+        assert settings.processing_guarantee == "at_least_once"
+        out = tmp_path / "runs"
+        out.mkdir()
+        asyncio.run(ensure_topics(settings))
+        with RolesThread(settings, {"ledger", "worker"}) as roles:
+            request = run_request(
+                "tests.integration.flows.mapping:flow", {"n": 5, "out_dir": str(out)}
+            )
+            roles.send(request)
+            view = roles.wait_view(request.flow_run_id, timeout_s=60)
+            assert view.flow_state_type == "Success"
+            assert roles.fold_of(request.flow_run_id) == view
+    assert sorted(f.name for f in out.iterdir()) == [f"{i}.runs" for i in range(5)]
 
 
 def test_cli_broker_refuses_a_public_host(capsys: pytest.CaptureFixture[str]) -> None:
