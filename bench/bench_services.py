@@ -1,15 +1,21 @@
 """RunLedger services end to end on the embedded broker, beside the raw aiokafka ceiling.
 
-    .venv/bin/python bench/bench_services.py [--inputs 10000] [--runs 500] [--workers 1]
+    .venv/bin/python bench/bench_services.py [--broker kafka|tansu] [--guarantee both]
+        [--inputs 10000] [--runs 500] [--workers 1]
 
-Starts its own Tansu broker (127.0.0.1, free port), then in this one run:
+Starts its own broker (Apache Kafka by default, or Tansu; 127.0.0.1, free port),
+then in this one run:
 
 1. raw aiokafka on that broker: batched produce and `getmany` consume of 100k
-   ~300-byte records, and a raw hop (p50/p99: one record produced with linger 0
-   until a 4-partition consumer with the services' fetch wait has it) -- the
-   ceiling the services are measured against; a single run crosses the broker
-   four times, so the sum of four raw hops is its floor;
-2. a ledger process and worker process(es) (`python -m services.roles.app --roles ...`);
+   ~300-byte records, a raw hop (p50/p99: one record produced with linger 0 until a
+   4-partition consumer with the services' fetch wait has it) and, on Kafka, a raw
+   transactional hop (begin, one record, commit, until a read_committed consumer
+   has it) -- the ceiling the services are measured against. A single run crosses
+   the broker four times, two of them through a ledger transaction under
+   exactly-once (the request's facts and work; the outcome's facts), so its floor
+   is four raw hops, two of them transactional there;
+2. for each processing guarantee (`--guarantee`; Tansu has at-least-once only):
+   a ledger process and worker process(es) (`python -m services.roles.app --roles ...`);
 3. throughput: a flow mapped over `--inputs` trivial inputs, from submit to the
    flow's Success on the ledger (task runs/s, all task runs counted);
 4. latency: `--runs` single-task flow runs one after the other, from submit to
@@ -37,7 +43,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,15 +58,19 @@ from events import (  # noqa: E402
     decode,
     encode,
 )
-from services.kafka.tansu import EmbeddedBroker  # noqa: E402
+from services.kafka.apache import KafkaBroker  # noqa: E402
+from services.kafka.clients import topic_partitions  # noqa: E402
+from services.kafka.process import BrokerProcess  # noqa: E402
+from services.kafka.tansu import TansuBroker  # noqa: E402
 from services.kafka.topics import ensure_topics  # noqa: E402
-from services.settings import Settings  # noqa: E402
+from services.settings import ProcessingGuarantee, Settings  # noqa: E402
 
 IDLE_SECONDS = 5.0
 """How long the services are watched doing nothing, for their idle CPU."""
 
-FETCH_WAIT_MS = 5
-"""Default fetch wait of every consumer here (services, subscriber, raw ceiling);
+FETCH_WAIT_MS = 100
+"""Fetch wait of every consumer here (services, subscriber, raw ceiling): on Kafka it
+bounds only idle polling; on Tansu it is every hop's latency (5 there by default).
 --fetch-wait overrides it."""
 
 
@@ -95,7 +105,7 @@ def pct(values: list[float], q: float) -> float:
 # ----- the ceiling: raw aiokafka on the same broker -----------------------------------
 
 
-async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
+async def raw_ceiling(bootstrap: str, transactions: bool, n: int = 100_000) -> dict[str, float]:
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -146,23 +156,71 @@ async def raw_ceiling(bootstrap: str, n: int = 100_000) -> dict[str, float]:
         latencies.append((time.perf_counter() - sent) * 1000)
     await consumer.stop()
     await producer.stop()
-    floor = four_hop_sums(latencies)
-    return {
+    figures = {
         "produce_batch_msgs_s": produce_batch,
         "produce_send_msgs_s": produce_send,
         "consume_msgs_s": consume,
         "round_trip_p50_ms": pct(latencies, 0.5),
         "round_trip_p99_ms": pct(latencies, 0.99),
-        "four_hops_p50_ms": pct(floor, 0.5),
-        "four_hops_p99_ms": pct(floor, 0.99),
     }
+    floor = hop_sums(latencies, [], 0)
+    figures["four_hops_p50_ms"] = pct(floor, 0.5)
+    figures["four_hops_p99_ms"] = pct(floor, 0.99)
+    if transactions:
+        txn_hops = await transactional_hops(bootstrap, topic)
+        figures["txn_round_trip_p50_ms"] = pct(txn_hops, 0.5)
+        figures["txn_round_trip_p99_ms"] = pct(txn_hops, 0.99)
+        floor = hop_sums(latencies, txn_hops, 2)
+        figures["four_hops_two_txn_p50_ms"] = pct(floor, 0.5)
+        figures["four_hops_two_txn_p99_ms"] = pct(floor, 0.99)
+    return figures
 
 
-def four_hop_sums(hops: list[float], samples: int = 20_000) -> list[float]:
-    """Sums of four raw hops drawn from `hops`: the floor of a single run, which
-    crosses the broker four times (client -> ledger -> worker -> ledger -> subscriber)."""
+async def transactional_hops(bootstrap: str, topic: str, n: int = 300) -> list[float]:
+    """One record in its own transaction, from begin until a read_committed consumer has
+    it, n times in a row: what a ledger transaction on the critical path costs at least.
+    aiokafka's 20 ms back-off after ConcurrentTransactions is lowered as the ledger does."""
+    import aiokafka.producer.sender
+
+    from services.roles import ledger_writer
+
+    aiokafka.producer.sender.BACKOFF_OVERRIDE = ledger_writer._NEXT_TRANSACTION_BACKOFF_S
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=0, transactional_id=f"bench-{uuid.uuid4().hex}"
+    )
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=FETCH_WAIT_MS,
+        isolation_level="read_committed",
+    )
+    await producer.start()
+    await consumer.start()
+    await consumer.seek_to_end()
+    latencies: list[float] = []
+    for i in range(n):
+        sent = time.perf_counter()
+        async with producer.transaction():
+            await producer.send(topic, b"tping", partition=i % 4)
+        got = False
+        while not got:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got = got or any(r.value == b"tping" for r in records)
+        latencies.append((time.perf_counter() - sent) * 1000)
+    await consumer.stop()
+    await producer.stop()
+    return latencies
+
+
+def hop_sums(
+    plain: list[float], transactional: list[float], txns: int, samples: int = 20_000
+) -> list[float]:
+    """Sums of four raw hops drawn from the measured ones, `txns` of them transactional:
+    the floor of a single run, which crosses the broker four times (client -> ledger ->
+    worker -> ledger -> subscriber)."""
     draw = random.Random(7).choices
-    return [sum(draw(hops, k=4)) for _ in range(samples)]
+    return [
+        sum(draw(plain, k=4 - txns)) + (sum(draw(transactional, k=txns)) if txns else 0.0)
+        for _ in range(samples)
+    ]
 
 
 # ----- the services ----------------------------------------------------------------------
@@ -182,6 +240,7 @@ def services(
         "RUNLEDGER_DATA_DIR": str(settings.data_dir),
         "RUNLEDGER_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
         "RUNLEDGER_SESSION_TIMEOUT_MS": str(settings.session_timeout_ms),
+        "RUNLEDGER_PROCESSING_GUARANTEE": settings.processing_guarantee,
     }
     argvs = [["--roles", "ledger"]] + [
         ["--roles", "worker", "--concurrency", str(concurrency)] for _ in range(workers)
@@ -223,14 +282,12 @@ class Subscriber:
         self.waiters: dict[str, asyncio.Event] = {}
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.brokers, fetch_max_wait_ms=FETCH_WAIT_MS,
-            max_partition_fetch_bytes=16 << 20,
+            max_partition_fetch_bytes=16 << 20, isolation_level=settings.isolation_level,
         )
 
     async def start(self) -> None:
         await self.consumer.start()
-        topic = self.settings.topic("ledger")
-        await self.consumer.topics()
-        tps = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or ()]
+        tps = await topic_partitions(self.consumer, self.settings.topic("ledger"))
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
         for tp in tps:
@@ -287,12 +344,14 @@ async def time_breakdown(
     }
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.brokers, fetch_max_wait_ms=FETCH_WAIT_MS,
-        max_partition_fetch_bytes=16 << 20,
+        max_partition_fetch_bytes=16 << 20, isolation_level=settings.isolation_level,
     )
     await consumer.start()
-    await consumer.topics()
-    topics = [settings.topic("commands"), settings.topic("ledger")]
-    tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+    tps = [
+        tp
+        for topic in (settings.topic("commands"), settings.topic("ledger"))
+        for tp in await topic_partitions(consumer, topic)
+    ]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     deadline = time.monotonic() + 60
@@ -392,77 +451,115 @@ async def measure_services(
     }
 
 
+def make_broker(kind: str, workdir: Path) -> BrokerProcess:
+    if kind == "kafka":
+        return KafkaBroker(data_dir=workdir / "broker", log_dir=workdir / "broker-logs")
+    return TansuBroker(log_dir=workdir / "broker-logs")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="runledger-bench-") as tmp:
         workdir = Path(tmp)
-        with EmbeddedBroker(log_dir=workdir / "broker") as broker:
-            print(f"broker: Tansu on {broker.bootstrap}; cores: {os.cpu_count()}")
-            ceiling = await raw_ceiling(broker.bootstrap)
-            print("raw aiokafka on this broker (the ceiling):")
+        with make_broker(args.broker, workdir) as broker:
+            print(f"broker: {broker.description}; cores: {os.cpu_count()}")
+            ceiling = await raw_ceiling(broker.bootstrap, broker.transactions)
+            print(f"raw aiokafka on this broker (the ceiling; fetch wait {FETCH_WAIT_MS} ms):")
             for key, value in ceiling.items():
-                print(f"  {key:<24} {value:>12,.1f}")
-            unique = uuid.uuid4().hex[:8]
-            settings = Settings(
-                brokers=broker.bootstrap, topic_prefix=f"bench{unique}.", app_id=f"bench{unique}",
-                data_dir=workdir / "data", fetch_max_wait_ms=FETCH_WAIT_MS,
-                session_timeout_ms=3000,
+                print(f"  {key:<28} {value:>12,.1f}")
+            guarantees: list[ProcessingGuarantee] = (
+                ["exactly_once", "at_least_once"] if args.guarantee == "both" else [args.guarantee]
             )
-            await ensure_topics(settings)
-            with services(settings, args.workers, args.concurrency, workdir) as pids:
-                assert broker.pid is not None
-                meter = CpuMeter({**pids, "broker": broker.pid, "bench (client)": os.getpid()})
-                figures = await measure_services(settings, args.inputs, args.runs, meter)
-            print(
-                f"services ({args.workers} worker process(es) x {args.concurrency} threads, "
-                f"1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
-            )
-            idle = figures.pop("idle_cpu")
-            hops = figures.pop("hops")
-            assert isinstance(idle, dict)
-            assert isinstance(hops, dict)
-            for name, figure in figures.items():
-                shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
-                print(f"  {name:<24} {shown}")
-            print_breakdown(hops, ceiling)
-            task_runs = args.inputs + 3
-            print(f"CPU during the map (ms per task run; {os.cpu_count()} cores):")
-            for name, used in meter.used.items():
-                print(f"  {name:<24} {used * 1000 / task_runs:>12.3f}")
-            total = sum(meter.used.values()) * 1000 / task_runs
-            print(f"  {'all':<24} {total:>12.3f}")
-            print(f"CPU while idle, after the warm-up ({IDLE_SECONDS:.0f} s; % of one core):")
-            for name, share in idle.items():
-                print(f"  {name:<24} {share * 100:>11.1f}%")
-            print(f"  {'all':<24} {sum(idle.values()) * 100:>11.1f}%")
+            if not broker.transactions:
+                guarantees = ["at_least_once"]
+            for guarantee in guarantees:
+                await measure_guarantee(args, broker, workdir, guarantee, ceiling)
 
 
-def print_breakdown(hops: Mapping[str, list[float]], ceiling: Mapping[str, float]) -> None:
+async def measure_guarantee(
+    args: argparse.Namespace,
+    broker: BrokerProcess,
+    workdir: Path,
+    guarantee: ProcessingGuarantee,
+    ceiling: Mapping[str, float],
+) -> None:
+    unique = uuid.uuid4().hex[:8]
+    settings = Settings(
+        brokers=broker.bootstrap, topic_prefix=f"bench{unique}.", app_id=f"bench{unique}",
+        data_dir=workdir / f"data-{unique}", fetch_max_wait_ms=FETCH_WAIT_MS,
+        session_timeout_ms=3000, processing_guarantee=guarantee,
+    )
+    await ensure_topics(settings)
+    logdir = workdir / f"logs-{unique}"
+    logdir.mkdir()
+    with services(settings, args.workers, args.concurrency, logdir) as pids:
+        assert broker.pid is not None
+        meter = CpuMeter({**pids, "broker": broker.pid, "bench (client)": os.getpid()})
+        figures = await measure_services(settings, args.inputs, args.runs, meter)
+    print(
+        f"services, {guarantee} ({args.workers} worker process(es) x {args.concurrency} "
+        f"threads, 1 ledger process, fetch wait {FETCH_WAIT_MS} ms):"
+    )
+    idle = figures.pop("idle_cpu")
+    hops = figures.pop("hops")
+    assert isinstance(idle, dict)
+    assert isinstance(hops, dict)
+    for name, figure in figures.items():
+        shown = f"{figure:>12,.1f}" if isinstance(figure, float) else f"{figure!s:>12}"
+        print(f"  {name:<24} {shown}")
+    floor = "four_hops_two_txn" if guarantee == "exactly_once" else "four_hops"
+    p50, p99 = ceiling[f"{floor}_p50_ms"], ceiling[f"{floor}_p99_ms"]
+    single_p50 = figures["single_p50_ms"]
+    assert isinstance(single_p50, float)
+    print(
+        f"  {'raw floor p50 / p99':<24} {p50:>12.1f} / {p99:.1f} ms "
+        f"({'4 hops, 2 of them transactions' if guarantee == 'exactly_once' else '4 hops'}); "
+        f"single p50 = x{single_p50 / p50:.2f} the floor"
+    )
+    print_breakdown(hops, p50, p99)
+    task_runs = args.inputs + 3
+    print(f"CPU during the map (ms per task run; {os.cpu_count()} cores):")
+    for name, used in meter.used.items():
+        print(f"  {name:<24} {used * 1000 / task_runs:>12.3f}")
+    total = sum(meter.used.values()) * 1000 / task_runs
+    print(f"  {'all':<24} {total:>12.3f}")
+    print(f"CPU while idle, after the warm-up ({IDLE_SECONDS:.0f} s; % of one core):")
+    for name, share in idle.items():
+        print(f"  {name:<24} {share * 100:>11.1f}%")
+    print(f"  {'all':<24} {sum(idle.values()) * 100:>11.1f}%")
+
+
+def print_breakdown(hops: Mapping[str, list[float]], floor_p50: float, floor_p99: float) -> None:
     counted = min(len(values) for values in hops.values())
     print(f"where a single run's time goes ({counted} runs; ms, p50 / p99 of each hop):")
     for name, values in hops.items():
         print(f"  {name:<42} {pct(values, 0.5):>6.2f} / {pct(values, 0.99):>6.2f}")
     totals = [sum(parts) for parts in zip(*hops.values(), strict=True)]
     print(f"  {'total':<42} {pct(totals, 0.5):>6.2f} / {pct(totals, 0.99):>6.2f}")
-    print(
-        f"  {'raw floor: four hops of the ceiling':<42} {ceiling['four_hops_p50_ms']:>6.2f}"
-        f" / {ceiling['four_hops_p99_ms']:>6.2f}"
-    )
+    print(f"  {'raw floor (same hops and commits)':<42} {floor_p50:>6.2f} / {floor_p99:>6.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", choices=["kafka", "tansu"], default="kafka")
+    parser.add_argument(
+        "--guarantee", choices=["both", "exactly_once", "at_least_once"], default="both",
+        help="processing guarantee(s) of the services (Tansu: at_least_once only)",
+    )
     parser.add_argument("--inputs", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument(
-        "--fetch-wait", type=int, default=FETCH_WAIT_MS, metavar="MS",
-        help="fetch_max_wait_ms of every consumer (services, subscriber, raw ceiling)",
+        "--fetch-wait", type=int, default=None, metavar="MS",
+        help="fetch_max_wait_ms of every consumer (services, subscriber, raw ceiling); "
+        "default 100 on Kafka, 5 on Tansu",
     )
     args = parser.parse_args()
-    if args.fetch_wait < 1:
+    default_wait = 100 if args.broker == "kafka" else 5
+    wait = args.fetch_wait if args.fetch_wait is not None else default_wait
+    if wait < 1:
         parser.error("--fetch-wait must be at least 1 ms")
-    set_fetch_wait(args.fetch_wait)
+    set_fetch_wait(wait)
     asyncio.run(main_async(args))
 
 
