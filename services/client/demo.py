@@ -108,7 +108,7 @@ def _examples_root() -> Path:
     except ImportError:
         # A console script does not have the current directory on sys.path; from a
         # clone, the package sits next to `services`.
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]
         if not (root / "examples" / "__init__.py").exists():
             raise
         sys.path.insert(0, str(root))
