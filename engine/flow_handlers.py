@@ -34,6 +34,7 @@ from engine.orchestration import FlowRunView, decide_and_evolve
 from engine.result_store import ResultStore, blob_of, state_of
 from engine.signals import TaskTimeoutSignal
 from engine.state import Failed, Scheduled, State
+from engine.task_runner import handler_name
 from engine.timeouts import run_with_timeout
 from events import Command, Event, FlowRunTransitioned
 
@@ -45,13 +46,6 @@ FLOW_HANDLER_TIMEOUT_S = 30.0
 
 HANDLER_ERROR = "Unexpected error while calling state handlers"
 """Prefect 1's message prefix for a handler that raised."""
-
-
-def handler_name(handler: Callable[..., Any]) -> str:
-    """`module:qualname` of a handler (what messages name it by)."""
-    module = getattr(handler, "__module__", None) or "?"
-    qualname = getattr(handler, "__qualname__", None) or repr(handler)
-    return f"{module}:{qualname}"
 
 
 class _Chain:
@@ -74,7 +68,7 @@ class _Chain:
         return new
 
     def name(self) -> str:
-        return "?" if self.current is None else handler_name(self.current)
+        return handler_name(self.current)
 
 
 def call_flow_handlers(
