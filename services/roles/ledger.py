@@ -9,7 +9,9 @@ hot loop is not a faust agent):
    kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
 2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
    topic with the reason), give a plan-less RunRequested its plan (the flow is
-   loaded through `services.roles.codeload`), `decide_and_evolve`, queue the facts to
+   loaded through `services.roles.codeload`), `decide_and_evolve` (a flow-run
+   transition passes through the flow's state handlers first:
+   `services.roles.flow_handlers`), queue the facts to
    `ledger` (on the partition the command came from) and every WorkDispatched
    also to `work`, await every ack, then commit the batch's offsets. Each view is
    replaced once per command (the core folds a command's facts into one copy).
@@ -34,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 
 from engine.clock import Clock, SystemClock
-from engine.orchestration import FlowRunView, decide_and_evolve, evolve
+from engine.orchestration import FlowRunView, evolve
 from engine.planning import plan_of
 from engine.result_store import FSResultStore
 from engine.results import Result
@@ -69,6 +71,7 @@ from services.roles.common import (
     send_records,
     spread,
 )
+from services.roles.flow_handlers import FlowHandlers
 from services.roles.scheduler import Timers, lost_attempts, tick
 from services.settings import Settings
 
@@ -167,6 +170,8 @@ class Ledger:
         self._timers = Timers()
         self._last_lost_check = self.clock()
         self._plans: dict[FlowRef, FlowPlan] = {}
+        self._flow_handlers = FlowHandlers(settings)
+        """Runs flows' state handlers on the flow-run transitions decided here."""
         self._lock = asyncio.Lock()
         self._pipeline: CommitPipeline
         self._work_partitions = 1
@@ -336,7 +341,7 @@ class Ledger:
                 self._reject_unloadable(out, record, view, command, exc.reason)
                 return
         try:
-            view, facts = decide_and_evolve(view, command, self.clock())
+            view, facts = await self._flow_handlers.decide_and_evolve(view, command, self.clock())
         except Exception as exc:  # a bug in the core must not stop the ledger
             log.exception("decide failed on command %s", command.event_id)
             self._dead_letter(out, record, f"the ledger could not decide: {exc!r}", flow_run_id)
@@ -482,7 +487,9 @@ class Ledger:
         out = _Batch()
         for flow_run_id in due:
             command = tick(self.views[flow_run_id], now, self.identity, timeout)
-            view, facts = decide_and_evolve(self.views[flow_run_id], command, now)
+            view, facts = await self._flow_handlers.decide_and_evolve(
+                self.views[flow_run_id], command, now
+            )
             self.stats.ticks += 1
             if facts:
                 self._record(view, facts, command.event_id, self.home[flow_run_id], out)

@@ -100,7 +100,7 @@ class Recorder:
     def close(self, task_states: dict[Any, Any]) -> None:
         """Add each task run's final state where no handler call reported it."""
         for task, state in task_states.items():
-            runs = [(None, state)]
+            runs: list[tuple[int | None, Any]] = [(None, state)]
             if isinstance(state, state_mod.Mapped):
                 runs += list(enumerate(state.map_states))
             for index, run_state in runs:
