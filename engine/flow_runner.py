@@ -92,6 +92,10 @@ class RunOutcome:
     view: FlowRunView
     flow_run_id: str
     store: ResultStore = field(repr=False)
+    task_states: dict[Task, State] = field(default_factory=dict, repr=False)
+    """Every task's final state (mapped parents hold their children); the same as
+    `state.result` unless a flow state handler failed the run (its result is then
+    the exception, as in Prefect)."""
 
     def value(self, blob: dict[str, Any]) -> Any:
         """The result value behind a serialized state blob."""
@@ -320,11 +324,13 @@ class FlowRunner:
             flow_state = flow_state.copy_with(result=results)
         # else a flow state handler failed the run: as in Prefect, its result is
         # the exception (the task states stay in the view and the events).
-        return RunOutcome(flow_state, ledger.events, view, view.flow_run_id, self.store)
+        return RunOutcome(flow_state, ledger.events, view, view.flow_run_id, self.store, results)
 
     def _remember_caches(self, flow_state: State) -> None:
         now = self.clock()
-        results: dict[Task, State] = flow_state.result or {}
+        results = flow_state.result
+        if not isinstance(results, dict):
+            return  # a flow handler failed the run: Prefect updates no caches then
         for task, state in results.items():
             fresh = (
                 [state]

@@ -65,7 +65,8 @@ def handler_name(handler: Callable[..., Any] | None) -> str:
     if handler is None:
         return "?"
     module = getattr(handler, "__module__", None) or "?"
-    return f"{module}:{getattr(handler, '__qualname__', None) or handler!r}"
+    qualname = getattr(handler, "__qualname__", None) or repr(handler)
+    return f"{module}:{qualname}"
 
 
 class TaskRunnerInitializeResult(NamedTuple):
