@@ -22,6 +22,12 @@ from typing import Any
 
 from engine.clock import Clock, SystemClock, real_sleep
 from engine.flow import Flow
+from engine.flow_handlers import (
+    FLOW_HANDLER_TIMEOUT_S,
+    Verdict,
+    decide_with_flow_handlers,
+    verdict_for,
+)
 from engine.orchestration import FlowRunView, decide_and_evolve
 from engine.planning import plan_of
 from engine.result_store import InMemoryResultStore, ResultStore, state_of
@@ -33,7 +39,6 @@ from events import (
     Command,
     Event,
     FlowRef,
-    FlowRunTransitioned,
     ResumeRequested,
     RunRequested,
     SchedulerTicked,
@@ -87,6 +92,10 @@ class RunOutcome:
     view: FlowRunView
     flow_run_id: str
     store: ResultStore = field(repr=False)
+    task_states: dict[Task, State] = field(default_factory=dict, repr=False)
+    """Every task's final state (mapped parents hold their children); the same as
+    `state.result` unless a flow state handler failed the run (its result is then
+    the exception, as in Prefect)."""
 
     def value(self, blob: dict[str, Any]) -> Any:
         """The result value behind a serialized state blob."""
@@ -95,10 +104,22 @@ class RunOutcome:
 
 
 class LocalLedger:
-    """The single writer of one in-process ledger."""
+    """The single writer of one in-process ledger.
 
-    def __init__(self, flow_run_id: str, clock: Clock) -> None:
+    With a `verdict` (the flow's state handlers), every flow-run transition is
+    what the handlers make of it before it is recorded (engine/flow_handlers.py).
+    """
+
+    def __init__(
+        self,
+        flow_run_id: str,
+        clock: Clock,
+        verdict: Verdict | None = None,
+        store: ResultStore | None = None,
+    ) -> None:
         self.view = FlowRunView(flow_run_id=flow_run_id)
+        self.verdict = verdict
+        self.store: ResultStore = store or InMemoryResultStore()
         self.events: list[Event] = []
         self.clock = clock
         self.work: deque[WorkDispatched] = deque()
@@ -109,8 +130,13 @@ class LocalLedger:
         return f"{self._id_prefix}{next(self._ids)}"
 
     def submit(self, command: Command) -> list[Event]:
-        # The ledger keeps no other reference to its view: decide may fold in place.
-        self.view, new = decide_and_evolve(self.view, command, self.clock(), owned=True)
+        if self.verdict is not None:
+            self.view, new = decide_with_flow_handlers(
+                self.view, command, self.clock(), self.verdict, self.store
+            )
+        else:
+            # The ledger keeps no other reference to its view: decide may fold in place.
+            self.view, new = decide_and_evolve(self.view, command, self.clock(), owned=True)
         self.events.extend(new)
         for event in new:
             if type(event) is WorkDispatched:
@@ -138,8 +164,10 @@ class FlowRunner:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
         store: ResultStore | None = None,
+        flow_handler_timeout_s: float | None = FLOW_HANDLER_TIMEOUT_S,
     ) -> None:
         self.flow = flow
+        self.flow_handler_timeout_s = flow_handler_timeout_s
         self.clock: Clock = clock or SystemClock()
         self._sleep = sleep
         self.store: ResultStore = store or InMemoryResultStore()
@@ -164,12 +192,23 @@ class FlowRunner:
         unmapped task among them starts Cached with the earlier result instead of
         running. The earlier result must be in this runner's store (the same
         FlowRunner, or a shared store).
+
+        `context["checkpointing"]`, when given, decides checkpointing as Prefect's
+        run context does (it wins over the `checkpointing` argument, which stands
+        for Prefect's configuration `flows.checkpointing`).
         """
         parameters = dict(parameters or {})
         _check_parameters(self.flow, parameters)
-        ledger = LocalLedger(flow_run_id or str(uuid.uuid4()), self.clock)
+        verdict = (
+            verdict_for(self.flow, self.flow_handler_timeout_s)
+            if self.flow.state_handlers
+            else None
+        )
+        ledger = LocalLedger(flow_run_id or str(uuid.uuid4()), self.clock, verdict, self.store)
         plan = plan_of(self.flow, lambda value, slug: self._persist_constant(value, slug))
         run_context = dict(context or {})
+        if "checkpointing" in run_context:
+            checkpointing = bool(run_context["checkpointing"])
         if rerun_of is not None:
             run_context["rerun_of"] = rerun_of
         ledger.submit(
@@ -195,8 +234,6 @@ class FlowRunner:
         checkpointing: bool,
         on_paused: OnPaused | None,
     ) -> RunOutcome:
-        seen = 0
-
         def current_view() -> FlowRunView:
             return ledger.view
 
@@ -215,10 +252,8 @@ class FlowRunner:
                     checkpointing=checkpointing,
                     caches=_CACHES,
                 )
-                seen = self._call_flow_handlers(ledger.events, seen)
             if ledger.view.is_finished() or not self._wake(ledger, on_paused):
                 break
-        seen = self._call_flow_handlers(ledger.events, seen)
         outcome = self._outcome(ledger)
         self._remember_caches(outcome.state)
         return outcome
@@ -268,16 +303,6 @@ class FlowRunner:
         )
         return True
 
-    def _call_flow_handlers(self, events: list[Event], seen: int) -> int:
-        if self.flow.state_handlers:
-            for event in events[seen:]:
-                if isinstance(event, FlowRunTransitioned):
-                    old = State.deserialize({"type": event.previous or "Scheduled"})
-                    new = state_of(event.state, self.store)
-                    for handler in self.flow.state_handlers:
-                        handler(self.flow, old, new)
-        return len(events)
-
     def _outcome(self, ledger: LocalLedger) -> RunOutcome:
         view = ledger.view
         results: dict[Task, State] = {}
@@ -294,12 +319,18 @@ class FlowRunner:
                 state = state.copy_with(map_states=children, result=[c.result for c in children])
             results[task] = state
         flow_blob = view.flow_state or {"type": "Scheduled"}
-        flow_state = State.deserialize(flow_blob).copy_with(result=results)
-        return RunOutcome(flow_state, ledger.events, view, view.flow_run_id, self.store)
+        flow_state = state_of(flow_blob, self.store)
+        if flow_state.result is None:
+            flow_state = flow_state.copy_with(result=results)
+        # else a flow state handler failed the run: as in Prefect, its result is
+        # the exception (the task states stay in the view and the events).
+        return RunOutcome(flow_state, ledger.events, view, view.flow_run_id, self.store, results)
 
     def _remember_caches(self, flow_state: State) -> None:
         now = self.clock()
-        results: dict[Task, State] = flow_state.result or {}
+        results = flow_state.result
+        if not isinstance(results, dict):
+            return  # a flow handler failed the run: Prefect updates no caches then
         for task, state in results.items():
             fresh = (
                 [state]

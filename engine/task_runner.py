@@ -19,6 +19,7 @@ from engine.cache_validators import call_validator, tokenize
 from engine.clock import Clock, SystemClock
 from engine.context import bind_live, unbind
 from engine.edges import Edge
+from engine.orchestration.rules import allowed
 from engine.results import Result, ResultNotImplementedError
 from engine.state import (
     Cached,
@@ -30,6 +31,7 @@ from engine.state import (
     Resume,
     Retrying,
     Running,
+    Scheduled,
     Skipped,
     State,
     Success,
@@ -56,6 +58,15 @@ _SKIPPABLE_STEPS = frozenset(
 )
 """Steps `_pipeline` skips (or inlines) where they could not change the state."""
 StepMethod = TypeVar("StepMethod", bound=Callable[..., State])
+
+
+def handler_name(handler: Callable[..., Any] | None) -> str:
+    """`module:qualname` of a state handler: what messages name it by."""
+    if handler is None:
+        return "?"
+    module = getattr(handler, "__module__", None) or "?"
+    qualname = getattr(handler, "__qualname__", None) or repr(handler)
+    return f"{module}:{qualname}"
 
 
 class TaskRunnerInitializeResult(NamedTuple):
@@ -110,6 +121,8 @@ class TaskRunner:
         self.context: dict[str, Any] = {}
         self.result: Result = self._task_result()
         self._last_recorded: State | None = None
+        self._handler: Callable[..., Any] | None = None
+        """The state handler being called (named when it fails)."""
 
     _stock_steps: bool = True
     """True while the class runs TaskRunner's own steps (a subclass may override them)."""
@@ -140,15 +153,21 @@ class TaskRunner:
     def call_runner_target_handlers(self, old_state: State, new_state: State) -> State:
         """Call the task's own handlers `h(task, old, new)` in order."""
         for handler in self.task.state_handlers:
+            self._handler = handler
             new_state = handler(self.task, old_state, new_state) or new_state
         return new_state
 
     def handle_state_change(self, old_state: State, new_state: State) -> State:
         """Run the handler chain on one change, then record the outcome."""
+        proposed = new_state
+        self._handler = None
         try:
             new_state = self.call_runner_target_handlers(old_state, new_state)
             for handler in self.state_handlers:
+                self._handler = handler
                 new_state = handler(self, old_state, new_state) or new_state
+            if new_state is not proposed:
+                self._check_rewrite(old_state, proposed, new_state)
         except (signals.ENDRUN, signals.PAUSE):
             raise
         except signals.PrefectStateSignal as exc:
@@ -156,11 +175,37 @@ class TaskRunner:
         except Exception as exc:
             if self.context.get("raise_on_exception"):
                 raise
+            # Prefect's message, word for word; the context names the handler.
+            named = {"state_handler": handler_name(self._handler)} if self._handler else None
             raise signals.ENDRUN(
-                Failed(f"Unexpected error while calling state handlers: {exc!r}", result=exc)
+                Failed(
+                    f"Unexpected error while calling state handlers: {exc!r}",
+                    result=exc,
+                    context=named,
+                )
             ) from exc
         self._record(new_state)
         return new_state
+
+    def _check_rewrite(self, old: State, proposed: State, new: Any) -> None:
+        """Refuse a handler's state the run could not go on from (it would never finish).
+
+        Prefect takes any return value; a non-State breaks its pipeline later, and a
+        run sent back to Pending or Running would wait for ever in the ledger. A
+        handler may keep the proposed state's class, finish the run, or schedule it.
+        """
+        name = handler_name(self._handler)
+        if not isinstance(new, State):
+            raise TypeError(f"state handler {name} returned {new!r}, which is not a State")
+        old_type, new_type = type(old).__name__, type(new).__name__
+        keeps_going = (
+            type(new) is type(proposed) or new.is_finished() or isinstance(new, Scheduled)
+        )
+        if not keeps_going or not allowed(old_type, new_type, mid_run=True):
+            raise TypeError(
+                f"state handler {name} turned {old_type} -> {type(proposed).__name__} into "
+                f"{new_type}, which the run cannot go on from"
+            )
 
     def _state_from_signal(self, exc: signals.PrefectStateSignal) -> State:
         """The signal's state, completed with what only the runner knows."""

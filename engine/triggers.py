@@ -4,6 +4,11 @@ Each trigger takes `{Edge: State}` and returns True, returns False (the runner
 turns that into TriggerFailed("Trigger failed")) or raises a signal. As in
 Prefect 1, a Mapped upstream contributes its children instead of itself, and
 the same state object reached through two edges counts once.
+
+"No upstreams" means no upstream *edge*, as in Prefect 1.4.1 (`if upstream_states
+and ...`, `if not upstream_states: return True`): a reduce over a Mapped
+upstream with zero children has an edge but no states, so any_successful,
+any_failed and some_* fail it, while the all_* triggers pass over nothing.
 """
 
 from __future__ import annotations
@@ -78,17 +83,15 @@ def all_failed(upstream_states: Mapping[Edge, State]) -> bool:
 
 
 def any_successful(upstream_states: Mapping[Edge, State]) -> bool:
-    """Runs when there is no upstream or at least one succeeded."""
-    states = _unique_states(upstream_states)
-    if states and not any(s.is_successful() for s in states):
+    """Runs when there is no upstream edge or at least one upstream succeeded."""
+    if upstream_states and not any(s.is_successful() for s in _unique_states(upstream_states)):
         raise _fail("any_successful", "none of the upstream tasks succeeded.")
     return True
 
 
 def any_failed(upstream_states: Mapping[Edge, State]) -> bool:
-    """Runs when there is no upstream or at least one failed."""
-    states = _unique_states(upstream_states)
-    if states and not any(s.is_failed() for s in states):
+    """Runs when there is no upstream edge or at least one upstream failed."""
+    if upstream_states and not any(s.is_failed() for s in _unique_states(upstream_states)):
         raise _fail("any_failed", "none of the upstream tasks failed.")
     return True
 
@@ -116,9 +119,10 @@ def _threshold_trigger(
     name: str, predicate: Callable[[State], bool], at_least: float | None, at_most: float | None
 ) -> Trigger:
     def check(upstream_states: Mapping[Edge, State]) -> bool:
-        states = _unique_states(upstream_states)
-        if not states:
+        if not upstream_states:
             return True
+        # An edge to a Mapped upstream without children leaves no states: n = 0.
+        states = _unique_states(upstream_states)
         low, high = _bounds(len(states), at_least, at_most)
         if not low <= sum(1 for s in states if predicate(s)) <= high:
             raise _fail(name, "thresholds were not met.")

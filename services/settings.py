@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal, Self, get_args
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.flow_handlers import FLOW_HANDLER_TIMEOUT_S
+
 __all__ = ["EmbeddedBrokerKind", "ProcessingGuarantee", "SecurityProtocol", "Settings", "TopicName"]
 
 TopicName = Literal["commands", "ledger", "work", "deadletter"]
@@ -143,6 +145,10 @@ class Settings(BaseSettings):
 
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     """Seconds without a heartbeat after which a running task run is considered lost."""
+
+    flow_handler_timeout_s: float = Field(default=FLOW_HANDLER_TIMEOUT_S, gt=0)
+    """Longest the ledger waits for a flow's state handlers on one flow-run transition;
+    a chain that takes longer fails the flow run (its message names the handler)."""
 
     # -- web ------------------------------------------------------------------------
 

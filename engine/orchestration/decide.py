@@ -9,7 +9,7 @@ the earlier ones -- and so decide can never emit what evolve would refuse.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -87,10 +87,24 @@ _make_transition = maker(
 class _Decision:
     """One command being decided: a private working view and the facts so far."""
 
-    __slots__ = ("cause", "command", "events", "id_prefix", "inputs", "now", "view")
+    __slots__ = (
+        "cause",
+        "command",
+        "events",
+        "flow_verdicts",
+        "id_prefix",
+        "inputs",
+        "now",
+        "view",
+    )
 
     def __init__(
-        self, view: FlowRunView, command: Command, now: datetime, owned: bool = False
+        self,
+        view: FlowRunView,
+        command: Command,
+        now: datetime,
+        owned: bool = False,
+        flow_verdicts: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
         # One private working copy per command: each fact is folded into it in place.
         self.view = view if owned else copy_view(view)
@@ -102,6 +116,8 @@ class _Decision:
         self.id_prefix = f"{command_id}/"
         self.inputs: InputCache | None = None
         """Upstream inputs shared by the work items of this command (see work_item)."""
+        self.flow_verdicts = flow_verdicts or {}
+        """Flow seq -> the state the flow's state handlers made of that move (see move_flow)."""
 
     def emit(self, cls: type[Event], **fields: Any) -> None:
         self.append(
@@ -175,9 +191,14 @@ class _Decision:
         )
 
     def move_flow(self, state: dict[str, Any]) -> None:
+        # The flow's state handlers (user code, run by the shell: see
+        # engine/flow_handlers.py) may have replaced this move; what they made of
+        # it is recorded instead, and the rest of the decision follows from it.
+        seq = self.view.flow_seq + 1
+        state = self.flow_verdicts.get(seq, state)
         self.emit(
             FlowRunTransitioned,
-            seq=self.view.flow_seq + 1,
+            seq=seq,
             state=state,
             previous=self.view.flow_state_type,
         )
@@ -189,17 +210,27 @@ def decide(view: FlowRunView, command: Command, now: datetime) -> list[Event]:
 
 
 def decide_and_evolve(
-    view: FlowRunView, command: Command, now: datetime, *, owned: bool = False
+    view: FlowRunView,
+    command: Command,
+    now: datetime,
+    *,
+    owned: bool = False,
+    flow_verdicts: Mapping[int, dict[str, Any]] | None = None,
 ) -> tuple[FlowRunView, list[Event]]:
     """`decide`, plus the view with its facts already folded in (what shells keep).
 
     `owned=True` hands the view over: a shell that keeps only the returned view
     (and no other reference to the one it passes) lets decide fold into it in
     place instead of copying it first. Nobody else can observe the difference.
+
+    `flow_verdicts` (flow seq -> state blob) replaces the flow-run transition of
+    that seq by the given state: what the flow's state handlers made of it. Decide
+    stays pure; the shell runs the handlers and decides again with their verdicts
+    (`engine.flow_handlers.decide_with_flow_handlers`).
     """
     if command.event_id in view.processed_commands:
         return view, []  # a redelivered command changes nothing
-    decision = _Decision(view, command, now, owned)
+    decision = _Decision(view, command, now, owned, flow_verdicts)
     handler = _HANDLERS.get(type(command))
     if handler is None:
         decision.reject(f"the ledger does not handle {command.type!r} commands")
@@ -315,7 +346,7 @@ def _proposal_problem(
         proposer = worker.id if worker is not None else "no worker"
         return f"task run {record.task_run_id} is claimed by {claimer}, not {proposer}"
     assert new_type is not None
-    if not allowed(record.state_type, new_type):
+    if not allowed(record.state_type, new_type, mid_run=not record.final):
         return f"illegal transition {record.state_type} -> {new_type}"
     if not command.final and new_type not in LEADS_ON:
         return f"{new_type} leads nowhere, so it can only be the final state of a run"

@@ -70,11 +70,20 @@ belongs to a worker; not Mapped: its children come from a mapped run)."""
 INITIAL = "Pending"
 
 
-def allowed(previous: str | None, new: str) -> bool:
-    """True when a task run may move from `previous` to `new`."""
+def allowed(previous: str | None, new: str, *, mid_run: bool = False) -> bool:
+    """True when a task run may move from `previous` to `new`.
+
+    `mid_run`: `previous` is a step on the way of a run still in progress (proposed
+    with final=False, e.g. the Failed before a Retrying). The run's next step may
+    then also be anything a running run may become: a state handler can replace
+    that step -- a handler raising on the Retrying transition ends the run
+    `Failed -> Failed("Unexpected error while calling state handlers: ...")`.
+    """
     if previous is None:
         return new == INITIAL
-    return new in TRANSITIONS.get(previous, frozenset())
+    if new in TRANSITIONS.get(previous, frozenset()):
+        return True
+    return mid_run and new in TRANSITIONS["Running"]
 
 
 def allowed_manually(previous: str | None, new: str) -> bool:

@@ -9,7 +9,9 @@ hot loop is not a faust agent):
    kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
 2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
    topic with the reason), give a plan-less RunRequested its plan (the flow is
-   loaded through `services.roles.codeload`), `decide_and_evolve`, and hand the
+   loaded through `services.roles.codeload`), `decide_and_evolve` (a flow-run
+   transition passes through the flow's state handlers first:
+   `services.roles.flow_handlers`), and hand the
    facts (to `ledger`, on the partition the command came from), every
    WorkDispatched also to `work`, and the commands' offsets to the writer
    (`services.roles.ledger_writer`): one Kafka transaction per partition under
@@ -38,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from engine.clock import Clock, SystemClock
-from engine.orchestration import FlowRunView, decide_and_evolve, evolve
+from engine.orchestration import FlowRunView, evolve
 from engine.planning import plan_of
 from engine.result_store import FSResultStore
 from engine.results import Result
@@ -72,6 +74,7 @@ from services.roles.common import (
     role_identity,
     spread,
 )
+from services.roles.flow_handlers import FlowHandlers
 from services.roles.ledger_writer import (
     AtLeastOnceWriter,
     LedgerWriter,
@@ -177,6 +180,8 @@ class Ledger:
         self._timers = Timers()
         self._last_lost_check = self.clock()
         self._plans: dict[FlowRef, FlowPlan] = {}
+        self._flow_handlers = FlowHandlers(settings)
+        """Runs flows' state handlers on the flow-run transitions decided here."""
         self._lock = asyncio.Lock()
         self._writer: LedgerWriter
         self._consumer: AIOKafkaConsumer
@@ -370,7 +375,7 @@ class Ledger:
                 self._reject_unloadable(out, record, view, command, exc.reason)
                 return
         try:
-            view, facts = decide_and_evolve(view, command, self.clock())
+            view, facts = await self._flow_handlers.decide_and_evolve(view, command, self.clock())
         except Exception as exc:  # a bug in the core must not stop the ledger
             log.exception("decide failed on command %s", command.event_id)
             self._dead_letter(out, record, f"the ledger could not decide: {exc!r}", flow_run_id)
@@ -515,7 +520,9 @@ class Ledger:
         outs: dict[int, _Batch] = {}
         for flow_run_id in due:
             command = tick(self.views[flow_run_id], now, self.identity, timeout)
-            view, facts = decide_and_evolve(self.views[flow_run_id], command, now)
+            view, facts = await self._flow_handlers.decide_and_evolve(
+                self.views[flow_run_id], command, now
+            )
             self.stats.ticks += 1
             partition = self.home[flow_run_id]
             if facts:

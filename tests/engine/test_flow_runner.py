@@ -239,6 +239,55 @@ def test_runner_and_flow_handlers_see_the_changes() -> None:
     assert flow_log == [("Scheduled", "Running"), ("Running", "Success")]
 
 
+def test_what_a_flow_handler_returns_becomes_the_flow_runs_state() -> None:
+    """Prefect: a flow handler's return value is the flow run's new state (Failed -> Success)."""
+
+    def rescue(f: Flow, old: State, new: State) -> State | None:
+        return Success("rescued") if new.is_failed() else None
+
+    with Flow("h", state_handlers=[rescue]) as flow:
+        task(lambda: 1 / 0, name="t")()
+    outcome = runner(flow).run()
+    assert type(outcome.state) is Success
+    assert outcome.state.message == "rescued"
+    assert outcome.view.flow_state_type == "Success", "the ledger records the handler's state"
+
+
+def test_a_flow_handler_that_raises_fails_the_run_instead_of_escaping() -> None:
+    """flow.run() returns Failed with the exception as its result; nothing is raised."""
+
+    def broken(f: Flow, old: State, new: State) -> None:
+        if new.is_finished():
+            raise RuntimeError("handler broke")
+
+    with Flow("h", state_handlers=[broken]) as flow:
+        task(lambda: 1, name="t")()
+    outcome = runner(flow).run()
+    assert type(outcome.state) is Failed
+    assert isinstance(outcome.state.result, RuntimeError)
+    assert str(outcome.state.message).startswith(
+        "Unexpected error while calling state handlers: RuntimeError('handler broke')"
+    )
+    assert broken.__qualname__ in str(outcome.state.message)
+    assert type(next(iter(outcome.task_states.values()))) is Success
+
+
+def test_a_flow_handler_raising_on_the_way_to_running_runs_no_task() -> None:
+    """Prefect ends the flow run Failed before any task runs."""
+    calls: list[int] = []
+
+    def broken(f: Flow, old: State, new: State) -> None:
+        if new.is_running():
+            raise RuntimeError("no start")
+
+    with Flow("h", state_handlers=[broken]) as flow:
+        task(lambda: calls.append(1), name="t")()
+    outcome = runner(flow).run()
+    assert type(outcome.state) is Failed
+    assert calls == []
+    assert outcome.view.is_finished()
+
+
 # ----- retries and time --------------------------------------------------------------------------
 
 
@@ -315,6 +364,22 @@ def test_checkpointing_writes_results_through_the_task_result(tmp_path: Path) ->
         task(lambda: {"v": 1}, name="t", result=LocalResult(dir=tmp_path, location="t.json"))()
     runner(flow).run(checkpointing=True)
     assert LocalResult(dir=tmp_path).read("t.json").value == {"v": 1}
+
+
+def test_checkpointing_is_switched_on_by_the_runs_context(tmp_path: Path) -> None:
+    """flow.run(context={"checkpointing": True}) checkpoints, as Prefect's run context does."""
+    with Flow("cp") as flow:
+        task(lambda: {"v": 2}, name="t", result=LocalResult(dir=tmp_path, location="t.json"))()
+    runner(flow).run(context={"checkpointing": True})
+    assert LocalResult(dir=tmp_path).read("t.json").value == {"v": 2}
+
+
+def test_the_runs_context_can_also_switch_checkpointing_off(tmp_path: Path) -> None:
+    """The context key wins over the checkpointing argument (Prefect's configuration)."""
+    with Flow("cp") as flow:
+        task(lambda: {"v": 3}, name="t", result=LocalResult(dir=tmp_path, location="t.json"))()
+    runner(flow).run(checkpointing=True, context={"checkpointing": False})
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----- pause and resume --------------------------------------------------------------------------

@@ -1436,6 +1436,7 @@ def test_run_reuses_a_valid_cached_starting_state_silently() -> None:
 
 def test_run_reruns_when_the_cached_starting_state_is_invalid() -> None:
     """An all_inputs cache for other inputs: Cached → Pending → Running → Success → Cached."""
+
     def body(x: int) -> int:
         return x * 10
 
@@ -1506,3 +1507,75 @@ def test_run_hands_every_change_to_the_recorder_including_silent_ones() -> None:
     announced_new = [n for _, n in log.announced]
     silent = [s for s in log.recorded if all(s is not n for n in announced_new)]
     assert [type(s).__name__ for s in silent] == ["Pending"]
+
+
+# ----- handlers that raise or return something unusable after the body (issue 15) -------------
+
+
+def test_a_handler_crashing_on_retrying_ends_the_run_failed_without_a_retry() -> None:
+    """Prefect: Failed("Unexpected error while calling state handlers: ..."), no Retrying."""
+
+    def crash_on_retrying(t: Task, old: State, new: State) -> None:
+        if isinstance(new, Retrying):
+            raise RuntimeError("handler broke")
+
+    log = Log()
+    t = raises(
+        lambda: ValueError("body"),
+        max_retries=1,
+        retry_delay=timedelta(0),
+        state_handlers=[crash_on_retrying],
+    )
+    final = make_runner(t, log).run()
+    assert type(final) is Failed
+    assert (
+        final.message
+        == "Unexpected error while calling state handlers: RuntimeError('handler broke')"
+    )
+    assert log.recorded_names() == ["Running", "Failed", "Failed"]
+
+
+def test_a_crashing_handler_is_named_in_the_failed_states_context() -> None:
+    """Prefect's message stays word for word; the context says which handler it was."""
+
+    def crash(t: Task, old: State, new: State) -> None:
+        if isinstance(new, Success):
+            raise RuntimeError("handler broke")
+
+    final = make_runner(returns(1, state_handlers=[crash])).run()
+    assert final.context["state_handler"] == f"{__name__}:{crash.__qualname__}"
+
+
+def test_a_handler_returning_something_not_a_state_fails_the_run_naming_it() -> None:
+    """Prefect would break later on; here the run ends Failed with the handler's name."""
+
+    def returns_text(t: Task, old: State, new: State) -> Any:
+        return "done" if isinstance(new, Success) else None
+
+    final = make_runner(returns(1, state_handlers=[returns_text])).run()
+    assert type(final) is Failed
+    assert f"state handler {__name__}:{returns_text.__qualname__} returned 'done'" in str(
+        final.message
+    )
+
+
+def test_a_handler_sending_a_run_back_to_pending_fails_it_naming_the_handler() -> None:
+    """A run turned back to Pending after its body would never finish in the ledger."""
+
+    def back_to_pending(t: Task, old: State, new: State) -> State | None:
+        return Pending("again") if isinstance(new, Success) else None
+
+    final = make_runner(returns(1, state_handlers=[back_to_pending])).run()
+    assert type(final) is Failed
+    assert "turned Running -> Success into Pending" in str(final.message)
+    assert back_to_pending.__qualname__ in str(final.message)
+
+
+def test_a_handler_may_still_finish_a_run_differently_or_schedule_it() -> None:
+    """Rewrites to another finished state or to a Retrying are as in Prefect."""
+
+    def to_retrying(t: Task, old: State, new: State) -> State | None:
+        return Retrying(start_time=FUTURE, run_count=1) if isinstance(new, Success) else None
+
+    final = make_runner(returns(1, state_handlers=[to_retrying])).run()
+    assert type(final) is Retrying

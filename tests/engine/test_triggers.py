@@ -343,3 +343,45 @@ def test_a_child_shared_by_two_mapped_upstreams_counts_once() -> None:
     child = Failed()
     upstream = ups(Mapped(map_states=[child]), Mapped(map_states=[child]), Success())
     assert triggers.some_failed(at_most=0.5)(upstream) is True
+
+
+# ----- a reduce over a map with zero children (Prefect tests the edge, not the states) ----------
+
+NO_CHILDREN = Mapped(map_states=[])
+
+
+@pytest.mark.parametrize(
+    ("trigger", "message"),
+    [
+        (triggers.any_successful, "none of the upstream tasks succeeded."),
+        (triggers.any_failed, "none of the upstream tasks failed."),
+        (triggers.some_successful(at_least=1), "thresholds were not met."),
+        (triggers.some_failed(at_least=1), "thresholds were not met."),
+    ],
+)
+def test_an_edge_to_a_map_without_children_fails_the_any_and_some_triggers(
+    trigger: Trigger, message: str
+) -> None:
+    """Prefect 1.4.1 checks `upstream_states` (edges) for emptiness, then counts no states."""
+    with pytest.raises(signals.TRIGGERFAIL, match=message):
+        trigger(ups(NO_CHILDREN))
+
+
+def test_an_edge_to_a_map_without_children_passes_all_failed() -> None:
+    """all(...) over no states is True."""
+    assert triggers.all_failed(ups(NO_CHILDREN)) is True
+
+
+def test_an_edge_to_a_map_without_children_skips_not_all_skipped() -> None:
+    """All of no states are skipped: Skipped("All upstreams were skipped")."""
+    with pytest.raises(signals.SKIP, match="All upstreams were skipped"):
+        triggers.not_all_skipped(ups(NO_CHILDREN))
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [triggers.any_successful, triggers.any_failed, triggers.some_successful(at_least=1)],
+)
+def test_a_task_without_upstream_edges_passes_the_any_and_some_triggers(trigger: Trigger) -> None:
+    """No edge at all is the case those triggers let through."""
+    assert trigger({}) is True

@@ -12,6 +12,7 @@ The same scenarios are replayed through the local runner
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from engine import Flow, Parameter, context, flatten, signals, task, triggers, unmapped
 from engine.results import LocalResult
-from engine.state import State, Success
+from engine.state import Failed, State, Success
 
 JSON = Any
 OnPaused = Callable[[Any], bool]
@@ -41,6 +42,8 @@ class RunSpec:
     checkpointing: bool = False
     task_runner_state_handlers: Sequence[Handler] = ()
     on_paused: OnPaused | None = None
+    context: Mapping[str, Any] | None = None
+    """The run's context (`flow.run(context=...)`)."""
 
     def runner_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `FlowRunner(flow).run(...)` / `flow.run(...)`."""
@@ -49,6 +52,7 @@ class RunSpec:
             "checkpointing": self.checkpointing,
             "task_runner_state_handlers": list(self.task_runner_state_handlers),
             "on_paused": self.on_paused,
+            "context": None if self.context is None else dict(self.context),
         }
 
 
@@ -80,6 +84,10 @@ def _no_hook(index: int) -> None:
     return None
 
 
+def _as_recorded(golden: dict[str, JSON]) -> dict[str, JSON]:
+    return golden
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A golden flow scenario: build the flow once, make `runs`, compare with `golden`."""
@@ -94,6 +102,8 @@ class Scenario:
     """Called with the run index after each run (e.g. to list the files written)."""
     checks: tuple[Check, ...] = field(default=())
     """Scenario-specific assertions on the observations (timings)."""
+    deliberately: Callable[[dict[str, JSON]], dict[str, JSON]] = _as_recorded
+    """The recording with our deliberate differences applied (tests/golden/README.md)."""
 
 
 # ----- helpers for bodies ------------------------------------------------------------------------
@@ -874,6 +884,242 @@ def state_handler_chain(workdir: Path) -> Scenario:
     )
 
 
+# ----- recorded here (tests/golden/recorded_here, issue 15) --------------------------------------
+# Recorded from Prefect 1.4.1 installed from PyPI in a side virtualenv by
+# recorded_here/record.py, which builds the same flows with Prefect's API.
+
+
+def task_handler_raises_after_body(workdir: Path) -> Scenario:
+    """Task handlers raising after the body ran (Prefect's `Runner.handle_state_change`).
+
+    An ordinary exception on the Success, Failed or Retrying transition ends the run
+    Failed("Unexpected error while calling state handlers: ...") unannounced, with no
+    retry and no later handler called; a FAIL signal on Failed gives a Failed that the
+    later handler does not see, and that one is retried.
+    """
+    later_calls: dict[str, list[str]] = {}
+
+    def crash_when(kind: str) -> Handler:
+        def crasher(task_: Any, old: State, new: State) -> None:
+            if _class(new) == kind:
+                raise RuntimeError(f"handler broke on {kind}")
+
+        return crasher
+
+    def fail_on_first_failed(task_: Any, old: State, new: State) -> None:
+        if new.is_failed() and _run_count() == 1:
+            raise signals.FAIL("handler raised FAIL")
+
+    def later(task_: Any, old: State, new: State) -> None:
+        later_calls.setdefault(task_.name, []).append(f"{_class(old)}->{_class(new)}")
+
+    def fails_first() -> str:
+        if _run_count() == 1:
+            raise ValueError("body failed")
+        return "ok on retry"
+
+    def succeeds() -> str:
+        return "body ok"
+
+    specs: list[tuple[str, Callable[[], str], Handler]] = [
+        ("crash_on_success", succeeds, crash_when("Success")),
+        ("crash_on_failed", fails_first, crash_when("Failed")),
+        ("crash_on_retrying", fails_first, crash_when("Retrying")),
+        ("fail_signal_on_failed", fails_first, fail_on_first_failed),
+    ]
+
+    def make_flow() -> Flow:
+        with Flow("task_handler_raises_after_body") as flow:
+            for name, body, handler in specs:
+                task(
+                    body,
+                    name=name,
+                    state_handlers=[handler, later],
+                    max_retries=1,
+                    retry_delay=timedelta(seconds=0),
+                )()
+        return flow
+
+    return Scenario(
+        "task_handler_raises_after_body",
+        "task_handler_raises_after_body",
+        make_flow,
+        extras=lambda: {"later_handler_calls": dict(sorted(later_calls.items()))},
+    )
+
+
+def _named_handler_failure(handler: Handler) -> Callable[[dict[str, JSON]], dict[str, JSON]]:
+    """Deliberate difference: a crashing flow handler's Failed message names the handler."""
+    from engine.task_runner import handler_name
+
+    def adjust(golden: dict[str, JSON]) -> dict[str, JSON]:
+        adjusted = copy.deepcopy(golden)
+        for run in adjusted["flow_runs"]:
+            final = run["flow_final_state"]
+            if str(final["message"]).startswith("Unexpected error while calling state handlers"):
+                final["message"] += f" (flow state handler {handler_name(handler)})"
+        return adjusted
+
+    return adjust
+
+
+def _flow_handler_scenario(
+    name: str, body_fails: bool, rewrite: Callable[[State, State], State | None]
+) -> Scenario:
+    calls: list[str] = []
+    executions = 0
+
+    def logged(flow: Any, old: State, new: State) -> State | None:
+        calls.append(f"{flow.name}: {_class(old)}->{_class(new)} {new.message!r}")
+        return rewrite(old, new)
+
+    def work() -> str:
+        nonlocal executions
+        executions += 1
+        if body_fails:
+            raise ValueError("work failed")
+        return "worked"
+
+    def make_flow() -> Flow:
+        with Flow(name, state_handlers=[logged]) as flow:
+            task(work, name="work")()
+        return flow
+
+    return Scenario(
+        name,
+        name,
+        make_flow,
+        extras=lambda: {"flow_handler_calls": list(calls), "body_executions_of_work": executions},
+        deliberately=_named_handler_failure(logged),
+    )
+
+
+def flow_handler_failed_to_success(workdir: Path) -> Scenario:
+    """A flow handler's return value becomes the flow run's state: Failed -> Success sticks."""
+
+    def rewrite(old: State, new: State) -> State | None:
+        return (
+            Success("rescued by the flow handler", result=new.result) if new.is_failed() else None
+        )
+
+    return _flow_handler_scenario("flow_handler_failed_to_success", True, rewrite)
+
+
+def flow_handler_success_to_failed(workdir: Path) -> Scenario:
+    """A flow handler's return value becomes the flow run's state: Success -> Failed sticks."""
+
+    def rewrite(old: State, new: State) -> State | None:
+        return (
+            Failed("vetoed by the flow handler", result=new.result) if new.is_successful() else None
+        )
+
+    return _flow_handler_scenario("flow_handler_success_to_failed", False, rewrite)
+
+
+def flow_handler_raises_on_finish(workdir: Path) -> Scenario:
+    """A flow handler raising on the final transition ends the flow run Failed."""
+
+    def rewrite(old: State, new: State) -> State | None:
+        if new.is_finished():
+            raise RuntimeError("flow handler broke")
+        return None
+
+    return _flow_handler_scenario("flow_handler_raises_on_finish", False, rewrite)
+
+
+def flow_handler_raises_on_running(workdir: Path) -> Scenario:
+    """A flow handler raising on the transition to Running: the run is Failed, no task runs."""
+
+    def rewrite(old: State, new: State) -> State | None:
+        if new.is_running():
+            raise RuntimeError("flow handler broke on Running")
+        return None
+
+    return _flow_handler_scenario("flow_handler_raises_on_running", False, rewrite)
+
+
+def map_empty_reduce_triggers(workdir: Path) -> Scenario:
+    """Reduces over a map with zero children (Prefect's `triggers` test the edge, not states)."""
+    chosen: dict[str, Callable[[], Callable[..., bool]]] = {
+        "r_all_successful": lambda: triggers.all_successful,
+        "r_all_failed": lambda: triggers.all_failed,
+        "r_any_successful": lambda: triggers.any_successful,
+        "r_any_failed": lambda: triggers.any_failed,
+        "r_some_successful_1": lambda: triggers.some_successful(at_least=1),
+        "r_not_all_skipped": lambda: triggers.not_all_skipped,
+    }
+
+    @task
+    def empty() -> list[int]:
+        return []
+
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    def reducer(name: str) -> Callable[[list[int]], str]:
+        def reduce(xs: list[int]) -> str:
+            return f"{name} ran with {xs!r}"
+
+        return reduce
+
+    def make_flow() -> Flow:
+        with Flow("map_empty_reduce_triggers") as flow:
+            mapped = inc.map(empty())
+            for name, trigger in chosen.items():
+                task(reducer(name), name=name, trigger=trigger())(mapped)
+        return flow
+
+    return Scenario("map_empty_reduce_triggers", "map_empty_reduce_triggers", make_flow)
+
+
+def checkpointing_from_context(workdir: Path) -> Scenario:
+    """flow.run(context={"checkpointing": True}) checkpoints although the setting is off."""
+    result_dir = workdir / "from_context"
+    result_dir.mkdir(parents=True, exist_ok=True)
+    executions = 0
+    files_after: dict[int, list[str]] = {}
+
+    def produce(x: int) -> dict[str, int]:
+        nonlocal executions
+        executions += 1
+        return {"value": x * 2, "call": executions}
+
+    @task
+    def consume(d: dict[str, int]) -> int:
+        return d["value"] + 1
+
+    produce_task = task(
+        produce,
+        target="{task_name}-{x}.out",
+        result=LocalResult(dir=str(result_dir)),
+        checkpoint=True,
+    )
+
+    def make_flow() -> Flow:
+        with Flow("checkpointing_from_context") as flow:
+            consume(produce_task(x=5))
+        return flow
+
+    # checkpointing=False stands for Prefect's configuration default; the context wins.
+    run = RunSpec(checkpointing=False, context={"checkpointing": True})
+    return Scenario(
+        "checkpointing_from_context",
+        "checkpointing_from_context",
+        make_flow,
+        runs=(run, run),
+        extras=lambda: {
+            "files_after_run0": files_after.get(0),
+            "files_after_run1": files_after.get(1),
+            "body_executions_of_produce": executions,
+            "config_checkpointing": run.checkpointing,
+        },
+        after_run=lambda index: files_after.__setitem__(
+            index, sorted(p.name for p in result_dir.iterdir())
+        ),
+    )
+
+
 # ----- the registry ------------------------------------------------------------------------------
 
 Builder = Callable[[Path], Scenario]
@@ -903,9 +1149,23 @@ SCENARIOS: dict[str, Builder] = {
     "timeout": timeout,
     "state_handler_chain": state_handler_chain,
 }
-"""Scenario name (= golden file stem) -> builder taking a fresh working directory."""
+"""Scenario name (= shared golden file stem) -> builder taking a fresh working directory."""
+
+RECORDED_HERE: dict[str, Builder] = {
+    "task_handler_raises_after_body": task_handler_raises_after_body,
+    "flow_handler_failed_to_success": flow_handler_failed_to_success,
+    "flow_handler_success_to_failed": flow_handler_success_to_failed,
+    "flow_handler_raises_on_finish": flow_handler_raises_on_finish,
+    "flow_handler_raises_on_running": flow_handler_raises_on_running,
+    "map_empty_reduce_triggers": map_empty_reduce_triggers,
+    "checkpointing_from_context": checkpointing_from_context,
+}
+"""Scenario name (= tests/golden/recorded_here file stem) -> builder."""
+
+ALL_SCENARIOS: dict[str, Builder] = {**SCENARIOS, **RECORDED_HERE}
+"""Every scenario, whichever folder its recording is in."""
 
 
 def build(name: str, workdir: Path) -> Scenario:
     """Build the scenario `name` with its files under `workdir`."""
-    return SCENARIOS[name](workdir)
+    return ALL_SCENARIOS[name](workdir)

@@ -13,9 +13,10 @@ from tests.golden.harness import (
     final_states_from_sequences,
     golden_flow_scenarios,
     load_golden,
+    recorded_here_scenarios,
     run_scenario_locally,
 )
-from tests.golden.scenarios import SCENARIOS, RunSpec, build
+from tests.golden.scenarios import ALL_SCENARIOS, RECORDED_HERE, SCENARIOS, RunSpec, build
 
 
 @pytest.fixture(autouse=True)
@@ -36,14 +37,19 @@ def test_every_golden_flow_recording_has_a_scenario() -> None:
     assert sorted(SCENARIOS) == golden_flow_scenarios()
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_recording_made_here_has_a_scenario() -> None:
+    """Each tests/golden/recorded_here file (recorded from Prefect 1.4.1) is re-created too."""
+    assert sorted(RECORDED_HERE) == recorded_here_scenarios()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SCENARIOS))
 def test_scenario_reproduces_the_prefect_golden_recording(name: str, tmp_path: Path) -> None:
     """Sequences, final task and flow states and extras match the Prefect 1.4.1 recording."""
     scenario = build(name, tmp_path)
     assert_matches_golden(scenario, run_scenario_locally(scenario))
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted(ALL_SCENARIOS))
 def test_the_ledger_alone_rebuilds_every_final_task_state(name: str, tmp_path: Path) -> None:
     """Final states folded from the ledger equal the runner's in-memory final states."""
     scenario = build(name, tmp_path)

@@ -23,6 +23,10 @@ Equivalents where a scenario cannot run over Kafka as written:
   `task_runner_state_handlers` (import paths, allowlisted like flows).
 * `cache_for` across two runs "in one process": the worker keeps cache_for
   results per process, as Prefect 1 did; both runs go to the one worker here.
+* A run's `context` (`flow.run(context=...)`) is the RunRequested's context, over
+  the `checkpointing` key above.
+* Flow state handlers run in the ledger (services/roles/flow_handlers.py), which
+  imports the registered flow by its path: the handlers' logs are observed here.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from tests.golden.harness import (
     flow_state_from_events,
     sequences_from_events,
 )
-from tests.golden.scenarios import SCENARIOS, RunObservation, Scenario, build
+from tests.golden.scenarios import ALL_SCENARIOS, RunObservation, Scenario, build
 from tests.integration.flows import live
 from tests.integration.roles_support import RolesThread, idle, run_request, topic_records
 
@@ -132,7 +136,7 @@ def run_scenario_on_kafka(scenario: Scenario, roles: RolesThread) -> list[RunObs
 
     observations = []
     for index, spec in enumerate(scenario.runs):
-        context: dict[str, Any] = {"checkpointing": spec.checkpointing}
+        context: dict[str, Any] = {"checkpointing": spec.checkpointing, **(spec.context or {})}
         if spec.task_runner_state_handlers:
             context["task_runner_state_handlers"] = [
                 live.register(handler, "handler") for handler in spec.task_runner_state_handlers
@@ -161,7 +165,7 @@ def run_scenario_on_kafka(scenario: Scenario, roles: RolesThread) -> list[RunObs
     return observations
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", sorted(ALL_SCENARIOS))
 def test_scenario_through_the_services_reproduces_the_golden_recording(
     name: str, tmp_path: Path, roles: RolesThread
 ) -> None:

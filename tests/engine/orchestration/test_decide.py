@@ -458,6 +458,27 @@ def test_a_non_final_state_does_not_unblock_downstream_or_finish_the_flow() -> N
     assert ledger.view.unfinished_runs == 2
 
 
+def test_a_failed_on_its_way_to_retrying_may_end_failed_after_all() -> None:
+    """A handler crashing on the Retrying transition: Failed -> Failed ends the run (issue 15)."""
+    ledger = Ledger(plan(ptask("a", max_retries=1), ptask("b", edge("a"))))
+    ledger.propose("a", Running(), final=False)
+    ledger.propose("a", Failed("boom"), final=False)
+    events = ledger.propose(
+        "a", Failed("Unexpected error while calling state handlers: RuntimeError('x')")
+    )
+    assert reasons(events) == []
+    assert ledger.record("a").rests_finished
+    dispatched = [e.task_slug for e in events if isinstance(e, WorkDispatched)]
+    assert dispatched == ["b"], "the downstream task runs its trigger on the outcome"
+
+
+def test_a_resting_failed_still_refuses_another_failed() -> None:
+    """Only a step on the way (final=False) may be replaced; a run's outcome may not."""
+    ledger = Ledger(plan(ptask("a"), ptask("b", edge("a"))))
+    ledger.finish("a", Failed("boom"))
+    assert reasons(ledger.propose("a", Failed("again"))) == ["illegal transition Failed -> Failed"]
+
+
 def test_a_due_retry_is_dispatched_as_the_next_attempt() -> None:
     """A final Retrying that is due at once is submitted again with attempt run_count + 1."""
     ledger = Ledger(plan(ptask("a", max_retries=1), ptask("b", edge("a"))))
