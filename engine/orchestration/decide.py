@@ -199,15 +199,37 @@ def decide_and_evolve(
     """
     if command.event_id in view.processed_commands:
         return view, []  # a redelivered command changes nothing
+    if is_unknown_run(view, command):
+        # Not folded: a view that holds only this refusal would be a flow run that
+        # never existed, and anyone can write commands (20,000 forged proposals
+        # made 20,000 phantom runs). The shell dead-letters the refusal instead of
+        # appending it, so a rebuild cannot bring the phantom back either.
+        return view, [_unknown_run_refusal(view, command, now)]
     decision = _Decision(view, command, now, owned)
     handler = _HANDLERS.get(type(command))
     if handler is None:
         decision.reject(f"the ledger does not handle {command.type!r} commands")
-    elif not view.created and not isinstance(command, RunRequested):
-        decision.reject(f"unknown flow run {view.flow_run_id}", command.task_run_id)
     else:
         handler(decision)
     return decision.view, decision.events
+
+
+def is_unknown_run(view: FlowRunView, command: Command) -> bool:
+    """True for a command that only a created flow run could answer, sent before one exists."""
+    return not view.created and not isinstance(command, RunRequested)
+
+
+def _unknown_run_refusal(view: FlowRunView, command: Command, now: datetime) -> Event:
+    return TransitionRejected(
+        event_id=f"{command.event_id}/0",
+        flow_run_id=view.flow_run_id,
+        task_run_id=command.task_run_id,
+        occurred_at=now,
+        cause=Cause(command_id=command.event_id, worker=command.cause.worker),
+        command_id=command.event_id,
+        command_type=command.type,
+        reason=f"unknown flow run {view.flow_run_id}: only a run_requested creates one",
+    )
 
 
 # ----- run requests ---------------------------------------------------------------------
@@ -217,6 +239,9 @@ def _run_requested(d: _Decision) -> None:
     command = d.command
     assert isinstance(command, RunRequested)
     if d.view.created:
+        conflict = _request_conflict(d.view, command)
+        if conflict is not None:
+            d.reject(conflict)
         return  # same flow run id (e.g. the same idempotency key): nothing new
     if command.plan is None:
         d.reject("the run request carries no flow plan (the ledger shell resolves flow_ref)")
@@ -240,6 +265,17 @@ def _run_requested(d: _Decision) -> None:
     for task in command.plan.tasks:
         _try_parent(d, task.slug)
     _finish_flow_if_done(d)
+
+
+def _request_conflict(view: FlowRunView, command: RunRequested) -> str | None:
+    """Why a request for an existing run id cannot be that run (a reused idempotency key)."""
+    if command.flow_ref == view.flow_ref and command.parameters == view.parameters:
+        return None
+    key = f" (idempotency key {view.idempotency_key!r})" if view.idempotency_key else ""
+    return (
+        f"flow run {view.flow_run_id}{key} exists with another flow or other parameters; "
+        "a run request cannot change them"
+    )
 
 
 def _reuse_earlier_results(d: _Decision, command: RunRequested) -> None:
@@ -314,16 +350,19 @@ def _proposal_problem(
         # claim's answer: only the claimer's outcome may end the attempt.
         proposer = worker.id if worker is not None else "no worker"
         return f"task run {record.task_run_id} is claimed by {claimer}, not {proposer}"
+    if command.attempt != record.attempt:
+        # Every proposal, not only the claim: the outcome belongs to one attempt, and
+        # a forged or late one for another attempt must not end the current one.
+        what = "claim" if new_type == "Running" else "proposal"
+        return (
+            f"{what} for attempt {command.attempt} but the ledger dispatched attempt "
+            f"{record.attempt}"
+        )
     assert new_type is not None
     if not allowed(record.state_type, new_type):
         return f"illegal transition {record.state_type} -> {new_type}"
     if not command.final and new_type not in LEADS_ON:
         return f"{new_type} leads nowhere, so it can only be the final state of a run"
-    if new_type == "Running" and command.attempt != record.attempt:
-        return (
-            f"claim for attempt {command.attempt} but the ledger dispatched attempt "
-            f"{record.attempt}"
-        )
     return None
 
 
