@@ -85,6 +85,12 @@ _SWITCH_INTERVAL_S = 0.0005
 _COMMIT_INTERVAL_S = 0.05
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
+_RESEND_DELAY_S = 0.5
+"""Pause before a record the broker did not acknowledge is produced again."""
+
+RunKey = tuple[str, int]
+"""(task run id, attempt): what a worker runs. A retry of a lost attempt may come
+back to the same worker while the old body still runs; each is its own claim."""
 
 
 @dataclass
@@ -113,6 +119,9 @@ class _Job:
     work: WorkItem | None = None
     unacked: int = 0
     """Records of this job queued but not acknowledged by the broker yet."""
+    held: list[Outgoing] | None = None
+    """While a record of this job is being produced again: its later records, in
+    order (sending them meanwhile could let the ledger see them first)."""
     finished: bool = False
     """The task thread is done with it (every record it makes is queued)."""
     settled: bool = False
@@ -163,8 +172,8 @@ class Worker:
         self.ready = asyncio.Event()
         self._topics = settings.topic_names()
         self._claims: dict[str, concurrent.futures.Future[list[Event]]] = {}
-        self._running: dict[str, _Job] = {}
-        """Task runs this worker claimed (or is claiming), by task run id."""
+        self._running: dict[RunKey, _Job] = {}
+        """Attempts this worker claimed (or is claiming), by (task run id, attempt)."""
         self._running_lock = threading.Lock()
         self._fresh_from: dict[TopicPartition, int] = {}
         """Per work partition, the first offset no earlier owner can have fetched."""
@@ -353,12 +362,30 @@ class Worker:
         if not job.unacked:
             self._settle(job)
 
-    def _acked(self, job: _Job, error: BaseException | None) -> None:
+    def _acked(self, job: _Job, record: Outgoing, error: BaseException | None) -> None:
         if error is not None:
-            log.error("a record of work %s was not produced: %r", job.record.key, error)
+            # Never settle (so never commit) a work item whose proposal is not on the
+            # broker: produce it again (commands are deduplicated by id), holding
+            # the job's later records back so they cannot overtake it.
+            log.error(
+                "a record of work %s was not produced, producing it again: %r",
+                job.record.key, error,
+            )
+            if job.held is None:
+                job.held = []
+            assert self._loop is not None
+            self._loop.call_later(_RESEND_DELAY_S, self._resend, job, record)
+            return
         job.unacked -= 1
+        if job.held is not None:
+            held, job.held = job.held, None
+            for later in held:
+                self._outbox.put(later, partial(self._acked, job, later))
         if job.finished and not job.unacked:
             self._settle(job)
+
+    def _resend(self, job: _Job, record: Outgoing) -> None:
+        self._outbox.put(record, partial(self._acked, job, record))
 
     def _settle(self, job: _Job) -> None:
         if not job.settled:
@@ -417,9 +444,10 @@ class Worker:
             self._remember_cache(flow, work.slug, final)
             self.stats.executed += 1
         finally:
+            key = (work.task_run_id, work.attempt)
             with self._running_lock:
-                if self._running.get(work.task_run_id) is job:
-                    del self._running[work.task_run_id]
+                if self._running.get(key) is job:
+                    del self._running[key]
 
     def _submit(self, job: _Job, command: Command) -> list[Event] | None:
         """`execute_work`'s submit; a Running claim may wait for the ledger's answer."""
@@ -432,11 +460,11 @@ class Worker:
 
     def _claim(self, job: _Job, command: TransitionProposed) -> list[Event] | None:
         assert job.work is not None
-        run_id = job.work.task_run_id
+        key = (job.work.task_run_id, job.work.attempt)
         with self._running_lock:
-            duplicate = run_id in self._running  # a copy of this item runs here already
+            duplicate = key in self._running  # a copy of this attempt runs here already
             if not duplicate:
-                self._running[run_id] = job  # heartbeats start with the claim
+                self._running[key] = job  # heartbeats start with the claim
         if job.fresh and not duplicate:
             self.stats.claims_unawaited += 1
             self._post(job, self._topics["commands"], job.partition, command)
@@ -525,7 +553,10 @@ class Worker:
             self._outbox.put(record)
             return
         job.unacked += 1
-        self._outbox.put(record, partial(self._acked, job))
+        if job.held is not None:
+            job.held.append(record)
+            return
+        self._outbox.put(record, partial(self._acked, job, record))
 
     def _send_awaited_claim(self, job: _Job, record: Outgoing) -> None:
         if self._tail_live:
@@ -597,7 +628,7 @@ class Worker:
         commands = self._topics["commands"]
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-            for task_run_id, job in list(self._running.items()):
+            for (task_run_id, _attempt), job in list(self._running.items()):
                 work, partition = job.work, job.partition
                 assert work is not None
                 beat = HeartbeatSent(
