@@ -569,9 +569,14 @@ def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
     for run_id in list(d.view.running.keys()):
         record = d.view.task_runs[run_id]
         beat = record.last_heartbeat
-        if record.state_type != "Running" or beat is None:
+        if record.state_type not in LOSABLE or beat is None:
             continue
         if (d.now - beat).total_seconds() <= timeout_s:
+            continue
+        if record.state_type == "Cancelling":
+            # Its worker would have ended it Cancelled with its next proposal; a
+            # worker that is gone never will, and the flow would stay Cancelling.
+            d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
             continue
         message = (
             f"No heartbeat from the worker running attempt {record.attempt} for "
@@ -585,6 +590,10 @@ def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
             retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
             d.move(d.view.task_runs[run_id], record.slug, record.map_index, retrying)
         _react(d, record.slug, record.map_index)
+
+
+LOSABLE = frozenset({"Running", "Cancelling"})
+"""States in which a silent worker's attempt is declared lost by a scheduler tick."""
 
 
 def _heartbeat_sent(d: _Decision) -> None:
