@@ -569,7 +569,7 @@ def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
     for run_id in list(d.view.running.keys()):
         record = d.view.task_runs[run_id]
         beat = record.last_heartbeat
-        if record.state_type not in LOSABLE or beat is None:
+        if not is_losable(record) or beat is None:
             continue
         if (d.now - beat).total_seconds() <= timeout_s:
             continue
@@ -577,30 +577,52 @@ def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
             # Its worker would have ended it Cancelled with its next proposal; a
             # worker that is gone never will, and the flow would stay Cancelling.
             d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
-            continue
+        else:
+            _fail_lost_attempt(d, record, timeout_s)
+        _react(d, record.slug, record.map_index)
+
+
+def _fail_lost_attempt(d: _Decision, record: TaskRunRecord, timeout_s: float) -> None:
+    """Fail a lost attempt, and retry it if its budget allows.
+
+    A run left in a failure it was only passing through (its worker died between
+    proposing Failed and the Retrying after it: found by the simulation) has
+    failed already; it only needs the retry its worker never proposed.
+    """
+    assert d.view.index is not None
+    plan_task = d.view.index.tasks[record.slug]
+    retry = record.attempt <= plan_task.max_retries
+    if record.state_type not in FAILED:
+        if not allowed(record.state_type, "Failed"):
+            return
         message = (
             f"No heartbeat from the worker running attempt {record.attempt} for "
             f"{timeout_s:g} s; the attempt is considered lost."
         )
-        plan_task = d.view.index.tasks[record.slug]
-        retry = record.attempt <= plan_task.max_retries
         d.move(record, record.slug, record.map_index, blobs.failed(message), final=not retry)
-        if retry:
-            delay = timedelta(seconds=plan_task.retry_delay_s or 0)
-            retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
-            d.move(d.view.task_runs[run_id], record.slug, record.map_index, retrying)
-        _react(d, record.slug, record.map_index)
+    elif not retry:
+        return  # a passing failure with no retry left: only a forged proposal makes one
+    if retry:
+        delay = timedelta(seconds=plan_task.retry_delay_s or 0)
+        retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
+        d.move(d.view.task_runs[record.task_run_id], record.slug, record.map_index, retrying)
 
 
 LOSABLE = frozenset({"Running", "Cancelling"})
-"""States in which a silent worker's attempt is declared lost by a scheduler tick."""
+"""States in which a silent worker's attempt is declared lost by a scheduler tick
+(besides any state a run only passes through, see `is_losable`)."""
+
+
+def is_losable(record: TaskRunRecord) -> bool:
+    """True while a worker is on the run: it heartbeats, and its silence means it is lost."""
+    return record.state_type in LOSABLE or not record.final
 
 
 def _heartbeat_sent(d: _Decision) -> None:
     command = d.command
     assert isinstance(command, HeartbeatSent)
     record = d.view.task_runs.get(command.task_run_id)
-    if record is None or record.state_type != "Running" or record.attempt != command.attempt:
+    if record is None or not is_losable(record) or record.attempt != command.attempt:
         d.reject(
             f"heartbeat for attempt {command.attempt} of {command.task_run_id}, "
             "which is not running that attempt",

@@ -12,7 +12,7 @@ import hashlib
 from datetime import datetime
 
 from engine.orchestration import FlowRunView
-from engine.orchestration.decide import LOSABLE
+from engine.orchestration.decide import is_losable
 from events import Cause, SchedulerTicked, WorkerIdentity
 
 __all__ = ["Timers", "lost_attempts", "tick"]
@@ -54,7 +54,7 @@ def lost_attempts(view: FlowRunView, now: datetime, timeout_s: float) -> list[st
         run_id
         for run_id in view.running
         if (record := view.task_runs.get(run_id)) is not None
-        and record.state_type in LOSABLE
+        and is_losable(record)
         and record.last_heartbeat is not None
         and (now - record.last_heartbeat).total_seconds() > timeout_s
     ]

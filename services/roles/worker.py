@@ -85,6 +85,8 @@ _SWITCH_INTERVAL_S = 0.0005
 _COMMIT_INTERVAL_S = 0.05
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
+_REVOKE_CLAIM_WAIT_S = 10.0
+"""On a revocation, how long unawaited claims of the revoked partitions get to be acked."""
 _RESEND_DELAY_S = 0.5
 """Pause before a record the broker did not acknowledge is produced again."""
 
@@ -115,6 +117,8 @@ class _Job:
     """Commands partition of the flow run: where its proposals go."""
     offset: Pending
     fresh: bool = False
+    claim: Outgoing | None = None
+    """An unawaited claim of this job that the broker has not acknowledged yet."""
     """Written after this worker's first fetch of the partition: nobody else had it."""
     work: WorkItem | None = None
     unacked: int = 0
@@ -132,6 +136,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker, self.consumer = worker, consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = list(revoked)
+        await self.worker._settle_claims(revoked)
         await self.worker._offsets.commit(self.consumer)
         # Work still running for these partitions finishes, but its offsets are the
         # next owner's to commit: it re-reads them, and its claims are refused.
@@ -175,6 +181,8 @@ class Worker:
         self._running: dict[RunKey, _Job] = {}
         """Attempts this worker claimed (or is claiming), by (task run id, attempt)."""
         self._running_lock = threading.Lock()
+        self._jobs: set[_Job] = set()
+        """Work items started and not settled yet."""
         self._fresh_from: dict[TopicPartition, int] = {}
         """Per work partition, the first offset no earlier owner can have fetched."""
         self._tail_live = False
@@ -326,8 +334,32 @@ class Worker:
             key = record.key or b""
             partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
         job = _Job(record, partition, entry, fresh)
+        self._jobs.add(job)
         self._in_flight += 1
         threads.submit(job)
+
+    async def _settle_claims(self, revoked: Iterable[TopicPartition]) -> None:
+        """Before giving partitions up: no unawaited claim of theirs may still be in flight.
+
+        Found by the simulation: a fresh item's body runs before its claim is
+        answered, which is safe only while no other worker can claim the item.
+        After a revocation the next owner re-reads it and claims it; if that claim
+        overtook ours, both bodies ran. So the jobs of revoked partitions that have
+        not claimed yet will await their claims, and the revocation (which the
+        group waits for before it assigns the partitions anew) waits until the
+        claims already sent are on the broker, ahead of any claim of the next owner.
+        """
+        gone = set(revoked)
+        with self._running_lock:
+            mine = [j for j in self._jobs if _tp_of(j) in gone]
+            for job in mine:
+                job.fresh = False
+        deadline = asyncio.get_running_loop().time() + _REVOKE_CLAIM_WAIT_S
+        while any(j.claim is not None for j in mine):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("revoking work partitions with unacknowledged claims in flight")
+                return
+            await asyncio.sleep(0.01)
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
         """Run `callback(*args)` on the event loop; callable from any thread.
@@ -377,6 +409,8 @@ class Worker:
             self._loop.call_later(_RESEND_DELAY_S, self._resend, job, record)
             return
         job.unacked -= 1
+        if record is job.claim:
+            job.claim = None
         if job.held is not None:
             held, job.held = job.held, None
             for later in held:
@@ -393,6 +427,7 @@ class Worker:
             self._release(job)
 
     def _release(self, job: _Job) -> None:
+        self._jobs.discard(job)
         job.settled = True
         self._in_flight -= 1
         self._slot_free.set()
@@ -465,9 +500,13 @@ class Worker:
             duplicate = key in self._running  # a copy of this attempt runs here already
             if not duplicate:
                 self._running[key] = job  # heartbeats start with the claim
-        if job.fresh and not duplicate:
+            unawaited = job.fresh and not duplicate
+            if unawaited:  # decided under the lock that a revocation takes (_settle_claims)
+                job.claim = self._outgoing(self._topics["commands"], job.partition, command)
+        if unawaited:
+            assert job.claim is not None
             self.stats.claims_unawaited += 1
-            self._post(job, self._topics["commands"], job.partition, command)
+            self._hand_over(self._enqueue, job, job.claim)
             return None
         waiter: concurrent.futures.Future[list[Event]] = concurrent.futures.Future()
         self._claims[command.event_id] = waiter  # before sending: never miss the answer
@@ -645,6 +684,10 @@ class Worker:
                 self._enqueue(
                     None, Outgoing(commands, partition, work.flow_run_id.encode(), encode(beat))
                 )
+
+
+def _tp_of(job: _Job) -> TopicPartition:
+    return TopicPartition(job.record.topic, job.record.partition)
 
 
 def _unexpired(state: State, now: Any) -> bool:

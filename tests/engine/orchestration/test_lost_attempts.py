@@ -101,3 +101,22 @@ def test_a_cancelling_attempt_whose_worker_went_silent_ends_cancelled_and_so_doe
     moves = [f.state["type"] for f in facts if isinstance(f, TaskRunTransitioned)]
     assert moves == ["Cancelled"]
     assert view.flow_state_type == "Cancelled"
+
+
+def test_a_worker_lost_between_failed_and_its_retrying_gets_the_retry_it_never_proposed() -> (
+    None
+):
+    """Found by the simulation (seed 4675): the worker proposed Failed (final=False) and
+    died before its Retrying; the run was not Running, so no tick ever looked at it."""
+    view = _started(max_retries=1)
+    view, _ = decide_and_evolve(view, TransitionProposed(
+        event_id="c3", flow_run_id=RUN, task_run_id=TASK, occurred_at=T0,
+        expected_seq=view.task_runs[TASK].seq, attempt=1,
+        state={"type": "Failed", "message": "boom"}, final=False), T0)
+    assert view.task_runs[TASK].state_type == "Failed"
+    later = T0 + timedelta(seconds=31)
+    assert lost_attempts(view, later, 30.0) == [TASK]
+    view, facts = _tick(view, later, "t1")
+    moves = [f.state["type"] for f in facts if isinstance(f, TaskRunTransitioned)]
+    assert moves == ["Retrying"]
+    assert view.task_runs[TASK].final
