@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,7 @@ from events import TransitionRejected
 from services.client import audit
 from services.client.client import (
     Client,
+    IdempotencyConflict,
     RunRejected,
     change_of,
     flow_run_id_of_task_run,
@@ -49,6 +51,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a Unix tool exits with when its output pipe closes."""
 
 
 # ----- argument types (argparse turns ArgumentTypeError into a usage error, exit 2) ------
@@ -165,7 +169,7 @@ def _add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     broker.add_argument(
         "--port",
-        type=int,
+        type=port,
         default=None,
         help="TCP port (default: the port of RUNLEDGER_BROKERS, i.e. 9092; 0 picks a free one)",
     )
@@ -494,7 +498,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(args: argparse.Namespace, settings: Settings, parameters: dict[str, Any]) -> int:
     console = Console()
     async with Client(settings) as client:
-        run_id = await client.submit(args.flow, parameters, idempotency_key=args.idempotency_key)
+        try:
+            run_id = await client.submit(
+                args.flow, parameters, idempotency_key=args.idempotency_key
+            )
+        except IdempotencyConflict as exc:
+            return _fail("run", str(exc))
         if args.detach:
             print(run_id)
             return EXIT_OK
@@ -693,7 +702,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     command: Command = args.command
     _configure_logging(args.log_level, command)
-    return command(args, settings)
+    try:
+        status = command(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit, where it would be a traceback
+    except BrokenPipeError:
+        # `runledger states ... | head`: the reader went away. End quietly, as Unix tools
+        # do, with 128 + SIGPIPE; stdout goes to devnull so exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 if __name__ == "__main__":

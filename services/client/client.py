@@ -228,6 +228,18 @@ def change_of(event: Event) -> Change | None:
     return None
 
 
+class IdempotencyConflict(ValueError):
+    """An idempotency key already names a flow run of another flow or other parameters."""
+
+    def __init__(self, key: str, flow_run_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already names flow run {flow_run_id}, of another flow "
+            "or with other parameters; use a new key to start a different run"
+        )
+        self.key = key
+        self.flow_run_id = flow_run_id
+
+
 class RunRejected(Exception):
     """The ledger refused to start the flow run (e.g. its flow could not be loaded)."""
 
@@ -424,8 +436,18 @@ class Client:
         idempotency_key: str | None,
         reuse: dict[str, dict[str, Any]] | None = None,
     ) -> str:
-        """Send a RunRequested for a new flow run (its id derived from the key); the id."""
+        """Send a RunRequested for a new flow run (its id derived from the key); the id.
+
+        With a key that already names a run of another flow or other parameters,
+        `IdempotencyConflict` (returning the other run's id would hide the mistake).
+        """
         flow_run_id = flow_run_id_for(idempotency_key)
+        if idempotency_key is not None:
+            existing = await self.view(flow_run_id)
+            if existing.created and (
+                existing.flow_ref != flow_ref or existing.parameters != parameters
+            ):
+                raise IdempotencyConflict(idempotency_key, flow_run_id)
         command = RunRequested(
             event_id=_command_id_for(flow_run_id, idempotency_key),
             flow_run_id=flow_run_id,
