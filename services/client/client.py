@@ -20,6 +20,7 @@ same commands as plain JSON (docs/events.md); nothing here is needed to do so.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -103,12 +104,26 @@ def flow_run_id_for(idempotency_key: str | None = None) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
 
 
-def _command_id_for(flow_run_id: str, idempotency_key: str | None) -> str:
+def _command_id_for(
+    flow_run_id: str,
+    idempotency_key: str | None,
+    flow_ref: FlowRef | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
     # With a key, the RunRequested id is derived too: a retried submit is then also
-    # recognised as the same command, not only as a request for an existing run.
+    # recognised as the same command, not only as a request for an existing run. The
+    # flow and parameters are part of it, so a request that reuses the key for another
+    # run is a new command, which the ledger rejects with the reason (not a redelivery
+    # it would drop).
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}"))
+    what = json.dumps(
+        [flow_ref.model_dump(mode="json") if flow_ref else None, parameters or {}],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(what.encode()).hexdigest()[:16]
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}:{digest}"))
 
 
 def flow_run_id_of_task_run(task_run_id: str) -> str:
@@ -449,7 +464,7 @@ class Client:
             ):
                 raise IdempotencyConflict(idempotency_key, flow_run_id)
         command = RunRequested(
-            event_id=_command_id_for(flow_run_id, idempotency_key),
+            event_id=_command_id_for(flow_run_id, idempotency_key, flow_ref, parameters),
             flow_run_id=flow_run_id,
             occurred_at=datetime.now(UTC),
             cause=Cause(worker=self.identity),
