@@ -54,6 +54,7 @@ from events import (
     TaskRunTransitioned,
     TransitionRejected,
     WorkerIdentity,
+    check_flow_run_id,
     decode,
     encode,
 )
@@ -684,6 +685,8 @@ class Client:
     ) -> AsyncGenerator[Event | None, None]:
         """Ledger events, of one run or all. Yields None once positioned, then None
         again each time it has caught up with the high watermark."""
+        if flow_run_id is not None:
+            check_flow_run_id(flow_run_id)  # a '/' would make task run lookups ambiguous
         topic = self.settings.topic("ledger")
         if flow_run_id is None:
             found = await self.producer.partitions_for(topic)
