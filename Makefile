@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv lint test demo bench bench-prefect clean distclean
+.PHONY: venv lint test simulate demo bench bench-prefect clean distclean
 
 ## venv: create .venv and install the project with its dev extras (again only when pyproject.toml changed)
 venv: $(STAMP)
@@ -24,6 +24,12 @@ lint: venv
 ## test: lint, then the whole test suite (starts and stops its own broker)
 test: venv lint
 	$(BIN)/python -m pytest -q
+
+## simulate: play SEEDS (default 200000) seeds of the protocol simulation on every core; replay one with
+## `$(BIN)/python -m tests.simulation.run --seed N --trace`
+SEEDS ?= 200000
+simulate: venv
+	$(BIN)/python -m tests.simulation.run --seeds $(SEEDS)
 
 ## demo: create the env, then run the example flow on a private embedded broker (stops all it starts)
 demo: venv

@@ -9,7 +9,7 @@ The JSON Schema export lives in `events.schema` (``python -m events.schema``).
 from __future__ import annotations
 
 from events import upcasters as _upcasters  # noqa: F401  (registers the upcasters)
-from events.base import Cause, Command, Event, Fact, WorkerIdentity
+from events.base import Cause, Command, Event, Fact, WorkerIdentity, check_flow_run_id
 from events.catalog import (
     COMMAND_TYPES,
     EVENT_TYPES,
@@ -106,6 +106,7 @@ __all__ = [
     "WorkDispatched",
     "WorkItem",
     "WorkerIdentity",
+    "check_flow_run_id",
     "check_upcaster_chain",
     "current_version",
     "deadletter_bytes",

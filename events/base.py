@@ -6,9 +6,11 @@ from clients, workers and the scheduler; facts are written by the ledger only.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.version import ENGINE_VERSION
 
@@ -17,6 +19,23 @@ _FROZEN = ConfigDict(
     extra="forbid",
     use_attribute_docstrings=True,
 )
+
+
+FLOW_RUN_ID_PATTERN = r"^[^/\s]{1,200}$"
+"""A flow run id: 1-200 characters, no '/' (task run ids are ``<flow run>/<slug>``, so
+a '/' would make them ambiguous) and no whitespace."""
+
+FlowRunId = Annotated[str, Field(pattern=FLOW_RUN_ID_PATTERN)]
+
+
+def check_flow_run_id(flow_run_id: str) -> str:
+    """`flow_run_id` if it is a valid flow run id, else ValueError saying why."""
+    if not re.fullmatch(FLOW_RUN_ID_PATTERN, flow_run_id):
+        raise ValueError(
+            f"{flow_run_id!r} is not a flow run id: 1-200 characters, no '/' and no "
+            "whitespace (task run ids are FLOW_RUN_ID/TASK_SLUG[/MAP_INDEX])"
+        )
+    return flow_run_id
 
 
 class WorkerIdentity(BaseModel):
@@ -46,7 +65,7 @@ class Event(BaseModel):
     event_id: str
     type: str
     schema_version: int
-    flow_run_id: str
+    flow_run_id: FlowRunId
     task_run_id: str | None = None
     task_slug: str | None = None
     map_index: int | None = None

@@ -85,6 +85,8 @@ class DeadLettered(Fact):
 
     type: Literal["dead_lettered"] = "dead_lettered"
     schema_version: Literal[1] = 1
+    flow_run_id: str
+    """Whatever the refused record was keyed by: it may be no valid flow run id."""
     reason: str
     source_topic: str
     partition: int | None = None

@@ -12,7 +12,10 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 
@@ -126,6 +129,12 @@ class Settings(BaseSettings):
     )
     """Module prefixes flows may be imported from (comma-separated in the environment)."""
 
+    pickled_flow_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["file", "memory"]
+    )
+    """fsspec URL schemes a pickled flow may be read from (comma-separated); checked
+    before anything is fetched, since the location comes from whoever wrote the topic."""
+
     # -- workers --------------------------------------------------------------------
 
     worker_concurrency: int = Field(default=4, ge=1)
@@ -140,10 +149,10 @@ class Settings(BaseSettings):
     also keeps a body from starting when a cancel reached the ledger just before
     its claim, at the cost of one more broker round trip per task run."""
 
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600, allow_inf_nan=False)
     """Seconds between a worker's heartbeats for a running task run."""
 
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0, le=86_400, allow_inf_nan=False)
     """Seconds without a heartbeat after which a running task run is considered lost."""
 
     flow_handler_timeout_s: float = Field(default=FLOW_HANDLER_TIMEOUT_S, gt=0)
@@ -160,15 +169,15 @@ class Settings(BaseSettings):
 
     # -- Kafka client tuning --------------------------------------------------------
 
-    fetch_max_wait_ms: int = Field(default=100, ge=0)
+    fetch_max_wait_ms: int = Field(default=100, ge=0, le=5000)
     """Longest time a fetch waits for data. Apache Kafka answers a waiting fetch as soon
     as data arrives, so this bounds only idle polling; Tansu answers when the wait
     expires, so on Tansu it bounds every hop's latency (`runledger dev` sets 10 there)."""
 
-    session_timeout_ms: int = Field(default=10_000, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=1, le=3_600_000)
     """Consumer-group session timeout; small values make joins and failover fast."""
 
-    producer_linger_ms: int = Field(default=2, ge=0)
+    producer_linger_ms: int = Field(default=2, ge=0, le=5000)
     """How long a producer waits to batch records before sending."""
 
     ledger_batch_max: int = Field(default=500, ge=1)
@@ -196,10 +205,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"broker {server!r} is not host:port")
         return ",".join(servers)
 
-    @field_validator("flow_allowlist", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_variables(cls, data: Any) -> Any:
+        unknown_variables(os.environ)  # a typo must not silently leave a default in place
+        return data
+
+    @field_validator("flow_allowlist", "pickled_flow_schemes", mode="before")
     @classmethod
     def _parse_allowlist(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("pickled_flow_schemes")
+    @classmethod
+    def _check_schemes(cls, value: list[str]) -> list[str]:
+        for scheme in value:
+            if not scheme.replace("-", "").replace("+", "").isalnum():
+                raise ValueError(f"pickled_flow_schemes entry {scheme!r} is not a URL scheme")
+        return [scheme.lower() for scheme in value]
 
     @field_validator("flow_allowlist")
     @classmethod
@@ -299,3 +322,31 @@ class Settings(BaseSettings):
             if self.sasl_password is not None:
                 kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return kwargs
+
+
+_PREFIX = "RUNLEDGER_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> None:
+    """Raise ValueError naming every ``RUNLEDGER_*`` variable no setting reads.
+
+    Each is listed with the nearest known name, so ``RUNLEDGER_HEARTBEAT_TIMEOUT``
+    is reported as a typo of ``RUNLEDGER_HEARTBEAT_TIMEOUT_S`` rather than ignored.
+    """
+    known = {f"{_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    unknown = sorted(
+        key.upper()
+        for key in environ
+        if key.upper().startswith(_PREFIX) and key.upper() not in known | _NOT_SETTINGS
+    )
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.0)
+        parts.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    raise ValueError("unknown RUNLEDGER_* environment variables: " + ", ".join(parts))
+
+
+_NOT_SETTINGS = frozenset({"RUNLEDGER_SIM_SEEDS", "RUNLEDGER_GOLDEN_DIR"})
+"""RUNLEDGER_* variables read by something other than `Settings` (the test suite)."""

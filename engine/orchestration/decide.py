@@ -230,15 +230,37 @@ def decide_and_evolve(
     """
     if command.event_id in view.processed_commands:
         return view, []  # a redelivered command changes nothing
+    if is_unknown_run(view, command):
+        # Not folded: a view that holds only this refusal would be a flow run that
+        # never existed, and anyone can write commands (20,000 forged proposals
+        # made 20,000 phantom runs). The shell dead-letters the refusal instead of
+        # appending it, so a rebuild cannot bring the phantom back either.
+        return view, [_unknown_run_refusal(view, command, now)]
     decision = _Decision(view, command, now, owned, flow_verdicts)
     handler = _HANDLERS.get(type(command))
     if handler is None:
         decision.reject(f"the ledger does not handle {command.type!r} commands")
-    elif not view.created and not isinstance(command, RunRequested):
-        decision.reject(f"unknown flow run {view.flow_run_id}", command.task_run_id)
     else:
         handler(decision)
     return decision.view, decision.events
+
+
+def is_unknown_run(view: FlowRunView, command: Command) -> bool:
+    """True for a command that only a created flow run could answer, sent before one exists."""
+    return not view.created and not isinstance(command, RunRequested)
+
+
+def _unknown_run_refusal(view: FlowRunView, command: Command, now: datetime) -> Event:
+    return TransitionRejected(
+        event_id=f"{command.event_id}/0",
+        flow_run_id=view.flow_run_id,
+        task_run_id=command.task_run_id,
+        occurred_at=now,
+        cause=Cause(command_id=command.event_id, worker=command.cause.worker),
+        command_id=command.event_id,
+        command_type=command.type,
+        reason=f"unknown flow run {view.flow_run_id}: only a run_requested creates one",
+    )
 
 
 # ----- run requests ---------------------------------------------------------------------
@@ -248,6 +270,9 @@ def _run_requested(d: _Decision) -> None:
     command = d.command
     assert isinstance(command, RunRequested)
     if d.view.created:
+        conflict = _request_conflict(d.view, command)
+        if conflict is not None:
+            d.reject(conflict)
         return  # same flow run id (e.g. the same idempotency key): nothing new
     if command.plan is None:
         d.reject("the run request carries no flow plan (the ledger shell resolves flow_ref)")
@@ -271,6 +296,17 @@ def _run_requested(d: _Decision) -> None:
     for task in command.plan.tasks:
         _try_parent(d, task.slug)
     _finish_flow_if_done(d)
+
+
+def _request_conflict(view: FlowRunView, command: RunRequested) -> str | None:
+    """Why a request for an existing run id cannot be that run (a reused idempotency key)."""
+    if command.flow_ref == view.flow_ref and command.parameters == view.parameters:
+        return None
+    key = f" (idempotency key {view.idempotency_key!r})" if view.idempotency_key else ""
+    return (
+        f"flow run {view.flow_run_id}{key} exists with another flow or other parameters; "
+        "a run request cannot change them"
+    )
 
 
 def _reuse_earlier_results(d: _Decision, command: RunRequested) -> None:
@@ -345,16 +381,19 @@ def _proposal_problem(
         # claim's answer: only the claimer's outcome may end the attempt.
         proposer = worker.id if worker is not None else "no worker"
         return f"task run {record.task_run_id} is claimed by {claimer}, not {proposer}"
+    if command.attempt != record.attempt:
+        # Every proposal, not only the claim: the outcome belongs to one attempt, and
+        # a forged or late one for another attempt must not end the current one.
+        what = "claim" if new_type == "Running" else "proposal"
+        return (
+            f"{what} for attempt {command.attempt} but the ledger dispatched attempt "
+            f"{record.attempt}"
+        )
     assert new_type is not None
     if not allowed(record.state_type, new_type, mid_run=not record.final):
         return f"illegal transition {record.state_type} -> {new_type}"
     if not command.final and new_type not in LEADS_ON:
         return f"{new_type} leads nowhere, so it can only be the final state of a run"
-    if new_type == "Running" and command.attempt != record.attempt:
-        return (
-            f"claim for attempt {command.attempt} but the ledger dispatched attempt "
-            f"{record.attempt}"
-        )
     return None
 
 
@@ -561,29 +600,60 @@ def _fail_lost_attempts(d: _Decision, timeout_s: float) -> None:
     for run_id in list(d.view.running.keys()):
         record = d.view.task_runs[run_id]
         beat = record.last_heartbeat
-        if record.state_type != "Running" or beat is None:
+        if not is_losable(record) or beat is None:
             continue
         if (d.now - beat).total_seconds() <= timeout_s:
             continue
+        if record.state_type == "Cancelling":
+            # Its worker would have ended it Cancelled with its next proposal; a
+            # worker that is gone never will, and the flow would stay Cancelling.
+            d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
+        else:
+            _fail_lost_attempt(d, record, timeout_s)
+        _react(d, record.slug, record.map_index)
+
+
+def _fail_lost_attempt(d: _Decision, record: TaskRunRecord, timeout_s: float) -> None:
+    """Fail a lost attempt, and retry it if its budget allows.
+
+    A run left in a failure it was only passing through (its worker died between
+    proposing Failed and the Retrying after it: found by the simulation) has
+    failed already; it only needs the retry its worker never proposed.
+    """
+    assert d.view.index is not None
+    plan_task = d.view.index.tasks[record.slug]
+    retry = record.attempt <= plan_task.max_retries
+    if record.state_type not in FAILED:
+        if not allowed(record.state_type, "Failed"):
+            return
         message = (
             f"No heartbeat from the worker running attempt {record.attempt} for "
             f"{timeout_s:g} s; the attempt is considered lost."
         )
-        plan_task = d.view.index.tasks[record.slug]
-        retry = record.attempt <= plan_task.max_retries
         d.move(record, record.slug, record.map_index, blobs.failed(message), final=not retry)
-        if retry:
-            delay = timedelta(seconds=plan_task.retry_delay_s or 0)
-            retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
-            d.move(d.view.task_runs[run_id], record.slug, record.map_index, retrying)
-        _react(d, record.slug, record.map_index)
+    elif not retry:
+        return  # a passing failure with no retry left: only a forged proposal makes one
+    if retry:
+        delay = timedelta(seconds=plan_task.retry_delay_s or 0)
+        retrying = blobs.retrying(record.attempt, plan_task.max_retries, d.now + delay)
+        d.move(d.view.task_runs[record.task_run_id], record.slug, record.map_index, retrying)
+
+
+LOSABLE = frozenset({"Running", "Cancelling"})
+"""States in which a silent worker's attempt is declared lost by a scheduler tick
+(besides any state a run only passes through, see `is_losable`)."""
+
+
+def is_losable(record: TaskRunRecord) -> bool:
+    """True while a worker is on the run: it heartbeats, and its silence means it is lost."""
+    return record.state_type in LOSABLE or not record.final
 
 
 def _heartbeat_sent(d: _Decision) -> None:
     command = d.command
     assert isinstance(command, HeartbeatSent)
     record = d.view.task_runs.get(command.task_run_id)
-    if record is None or record.state_type != "Running" or record.attempt != command.attempt:
+    if record is None or not is_losable(record) or record.attempt != command.attempt:
         d.reject(
             f"heartbeat for attempt {command.attempt} of {command.task_run_id}, "
             "which is not running that attempt",

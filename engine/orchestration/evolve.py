@@ -212,11 +212,18 @@ def _task_run_transitioned(view: FlowRunView, event: Event) -> None:
     elif old is not None and was_finished != now_finished:
         left = view.unfinished_children.get(slug, 0) + (1 if was_finished else -1)
         _set(view, "unfinished_children", view.unfinished_children.set(slug, left))
-    _track_waiting(view, run_id, state, new_type)
+    _track_waiting(view, run_id, state, new_type, final)
 
 
-def _track_waiting(view: FlowRunView, run_id: str, state: dict[str, Any], new_type: str) -> None:
-    """Keep the `scheduled` and `running` indexes in step with a run's new state."""
+def _track_waiting(
+    view: FlowRunView, run_id: str, state: dict[str, Any], new_type: str, final: bool
+) -> None:
+    """Keep the `scheduled` and `running` indexes in step with a run's new state.
+
+    `running` holds the runs a worker is on: Running kinds, and any state the run
+    only passes through (final=False, e.g. the Failed before a Retrying), whose
+    worker still has to propose what follows.
+    """
     start = state.get("start_time") if new_type in SCHEDULED else None
     scheduled = view.scheduled
     if start is not None:
@@ -224,7 +231,7 @@ def _track_waiting(view: FlowRunView, run_id: str, state: dict[str, Any], new_ty
     elif scheduled and run_id in scheduled:
         _set(view, "scheduled", scheduled.delete(run_id))
     running = view.running
-    if new_type in RUNNING:
+    if new_type in RUNNING or not final:
         _set(view, "running", running.set(run_id, None))
     elif running and run_id in running:
         _set(view, "running", running.delete(run_id))

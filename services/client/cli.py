@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from events import TransitionRejected
 from services.client import audit
 from services.client.client import (
     Client,
+    IdempotencyConflict,
     RunRejected,
     change_of,
     flow_run_id_of_task_run,
@@ -51,6 +53,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a Unix tool exits with when its output pipe closes."""
 
 
 # ----- argument types (argparse turns ArgumentTypeError into a usage error, exit 2) ------
@@ -507,7 +511,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(args: argparse.Namespace, settings: Settings, parameters: dict[str, Any]) -> int:
     console = Console()
     async with Client(settings) as client:
-        run_id = await client.submit(args.flow, parameters, idempotency_key=args.idempotency_key)
+        try:
+            run_id = await client.submit(
+                args.flow, parameters, idempotency_key=args.idempotency_key
+            )
+        except IdempotencyConflict as exc:
+            return _fail("run", str(exc))
         if args.detach:
             print(run_id)
             return EXIT_OK
@@ -706,7 +715,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     command: Command = args.command
     _configure_logging(args.log_level, command)
-    return command(args, settings)
+    try:
+        status = command(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit, where it would be a traceback
+    except BrokenPipeError:
+        # `runledger states ... | head`: the reader went away. End quietly, as Unix tools
+        # do, with 128 + SIGPIPE; stdout goes to devnull so exit's flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 if __name__ == "__main__":

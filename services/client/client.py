@@ -20,6 +20,7 @@ same commands as plain JSON (docs/events.md); nothing here is needed to do so.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from events import (
     TaskRunTransitioned,
     TransitionRejected,
     WorkerIdentity,
+    check_flow_run_id,
     decode,
     encode,
 )
@@ -109,12 +111,26 @@ def flow_run_id_for(idempotency_key: str | None = None) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, idempotency_key))
 
 
-def _command_id_for(flow_run_id: str, idempotency_key: str | None) -> str:
+def _command_id_for(
+    flow_run_id: str,
+    idempotency_key: str | None,
+    flow_ref: FlowRef | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
     # With a key, the RunRequested id is derived too: a retried submit is then also
-    # recognised as the same command, not only as a request for an existing run.
+    # recognised as the same command, not only as a request for an existing run. The
+    # flow and parameters are part of it, so a request that reuses the key for another
+    # run is a new command, which the ledger rejects with the reason (not a redelivery
+    # it would drop).
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}"))
+    what = json.dumps(
+        [flow_ref.model_dump(mode="json") if flow_ref else None, parameters or {}],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(what.encode()).hexdigest()[:16]
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"run_requested:{flow_run_id}:{digest}"))
 
 
 def flow_run_id_of_task_run(task_run_id: str) -> str:
@@ -232,6 +248,18 @@ def change_of(event: Event) -> Change | None:
             fact=event,
         )
     return None
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key already names a flow run of another flow or other parameters."""
+
+    def __init__(self, key: str, flow_run_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} already names flow run {flow_run_id}, of another flow "
+            "or with other parameters; use a new key to start a different run"
+        )
+        self.key = key
+        self.flow_run_id = flow_run_id
 
 
 class RunRejected(Exception):
@@ -424,10 +452,20 @@ class Client:
         idempotency_key: str | None,
         reuse: dict[str, dict[str, Any]] | None = None,
     ) -> str:
-        """Send a RunRequested for a new flow run (its id derived from the key); the id."""
+        """Send a RunRequested for a new flow run (its id derived from the key); the id.
+
+        With a key that already names a run of another flow or other parameters,
+        `IdempotencyConflict` (returning the other run's id would hide the mistake).
+        """
         flow_run_id = flow_run_id_for(idempotency_key)
+        if idempotency_key is not None:
+            existing = await self.view(flow_run_id)
+            if existing.created and (
+                existing.flow_ref != flow_ref or existing.parameters != parameters
+            ):
+                raise IdempotencyConflict(idempotency_key, flow_run_id)
         command = RunRequested(
-            event_id=_command_id_for(flow_run_id, idempotency_key),
+            event_id=_command_id_for(flow_run_id, idempotency_key, flow_ref, parameters),
             flow_run_id=flow_run_id,
             occurred_at=datetime.now(UTC),
             cause=Cause(worker=self.identity),
@@ -647,6 +685,8 @@ class Client:
     ) -> AsyncGenerator[Event | None, None]:
         """Ledger events, of one run or all. Yields None once positioned, then None
         again each time it has caught up with the high watermark."""
+        if flow_run_id is not None:
+            check_flow_run_id(flow_run_id)  # a '/' would make task run lookups ambiguous
         topic = self.settings.topic("ledger")
         if flow_run_id is None:
             found = await self.producer.partitions_for(topic)

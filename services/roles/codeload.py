@@ -171,8 +171,18 @@ def _read_bytes(location: str) -> bytes:
     return bytes(data)
 
 
+def _check_scheme(location: str, settings: Settings) -> None:
+    scheme = location.split("://", 1)[0].lower() if "://" in location else "file"
+    if scheme not in settings.pickled_flow_schemes:
+        raise FlowLoadError(
+            f"pickled flow at {location}: scheme {scheme!r} is not in pickled_flow_schemes "
+            f"{settings.pickled_flow_schemes}"
+        )
+
+
 def _load_pickled(flow_ref: FlowRef, settings: Settings) -> Flow:
     assert flow_ref.location is not None
+    _check_scheme(flow_ref.location, settings)  # before any fetch: the URL is untrusted
     assert flow_ref.signature is not None
     key = _signing_key(settings, f"pickled flow at {flow_ref.location}")
     data = _read_bytes(flow_ref.location)

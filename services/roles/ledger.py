@@ -41,6 +41,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from engine.clock import Clock, SystemClock
 from engine.orchestration import FlowRunView, evolve
+from engine.orchestration.decide import is_unknown_run
 from engine.planning import plan_of
 from engine.result_store import FSResultStore
 from engine.results import Result
@@ -134,6 +135,10 @@ def fold_records(
                 exc,
             )
     return views
+
+
+def _reasons(facts: list[Event]) -> str:
+    return "; ".join(f.reason for f in facts if isinstance(f, TransitionRejected))
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -379,6 +384,11 @@ class Ledger:
         except Exception as exc:  # a bug in the core must not stop the ledger
             log.exception("decide failed on command %s", command.event_id)
             self._dead_letter(out, record, f"the ledger could not decide: {exc!r}", flow_run_id)
+            return
+        if is_unknown_run(view, command):
+            # Dead-lettered, never appended: a refusal on the ledger topic would make
+            # the fold (and the api) hold a flow run nobody created.
+            self._dead_letter(out, record, _reasons(facts), flow_run_id)
             return
         if facts:
             self._record(view, facts, command.event_id, record.partition, out)

@@ -12,6 +12,7 @@ import hashlib
 from datetime import datetime
 
 from engine.orchestration import FlowRunView
+from engine.orchestration.decide import is_losable
 from events import Cause, SchedulerTicked, WorkerIdentity
 
 __all__ = ["Timers", "lost_attempts", "tick"]
@@ -47,12 +48,13 @@ class Timers:
 
 
 def lost_attempts(view: FlowRunView, now: datetime, timeout_s: float) -> list[str]:
-    """Running task runs whose last heartbeat (or claim) is older than `timeout_s`."""
+    """Running (or Cancelling) task runs whose last heartbeat (or claim) is older than
+    `timeout_s`."""
     return [
         run_id
         for run_id in view.running
         if (record := view.task_runs.get(run_id)) is not None
-        and record.state_type == "Running"
+        and is_losable(record)
         and record.last_heartbeat is not None
         and (now - record.last_heartbeat).total_seconds() > timeout_s
     ]

@@ -85,6 +85,14 @@ _SWITCH_INTERVAL_S = 0.0005
 _COMMIT_INTERVAL_S = 0.05
 _DRAIN_GRACE_S = 30.0
 """On stop, how long running bodies (and pending claims) get to finish."""
+_REVOKE_CLAIM_WAIT_S = 10.0
+"""On a revocation, how long unawaited claims of the revoked partitions get to be acked."""
+_RESEND_DELAY_S = 0.5
+"""Pause before a record the broker did not acknowledge is produced again."""
+
+RunKey = tuple[str, int]
+"""(task run id, attempt): what a worker runs. A retry of a lost attempt may come
+back to the same worker while the old body still runs; each is its own claim."""
 
 
 @dataclass
@@ -109,10 +117,15 @@ class _Job:
     """Commands partition of the flow run: where its proposals go."""
     offset: Pending
     fresh: bool = False
+    claim: Outgoing | None = None
+    """An unawaited claim of this job that the broker has not acknowledged yet."""
     """Written after this worker's first fetch of the partition: nobody else had it."""
     work: WorkItem | None = None
     unacked: int = 0
     """Records of this job queued but not acknowledged by the broker yet."""
+    held: list[Outgoing] | None = None
+    """While a record of this job is being produced again: its later records, in
+    order (sending them meanwhile could let the ledger see them first)."""
     finished: bool = False
     """The task thread is done with it (every record it makes is queued)."""
     settled: bool = False
@@ -123,6 +136,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker, self.consumer = worker, consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = list(revoked)
+        await self.worker._settle_claims(revoked)
         await self.worker._offsets.commit(self.consumer)
         # Work still running for these partitions finishes, but its offsets are the
         # next owner's to commit: it re-reads them, and its claims are refused.
@@ -163,9 +178,11 @@ class Worker:
         self.ready = asyncio.Event()
         self._topics = settings.topic_names()
         self._claims: dict[str, concurrent.futures.Future[list[Event]]] = {}
-        self._running: dict[str, _Job] = {}
-        """Task runs this worker claimed (or is claiming), by task run id."""
+        self._running: dict[RunKey, _Job] = {}
+        """Attempts this worker claimed (or is claiming), by (task run id, attempt)."""
         self._running_lock = threading.Lock()
+        self._jobs: set[_Job] = set()
+        """Work items started and not settled yet."""
         self._fresh_from: dict[TopicPartition, int] = {}
         """Per work partition, the first offset no earlier owner can have fetched."""
         self._tail_live = False
@@ -318,8 +335,32 @@ class Worker:
             key = record.key or b""
             partition = partition_of(key.split(b"/", 1)[0], self._partitions["commands"])
         job = _Job(record, partition, entry, fresh)
+        self._jobs.add(job)
         self._in_flight += 1
         threads.submit(job)
+
+    async def _settle_claims(self, revoked: Iterable[TopicPartition]) -> None:
+        """Before giving partitions up: no unawaited claim of theirs may still be in flight.
+
+        Found by the simulation: a fresh item's body runs before its claim is
+        answered, which is safe only while no other worker can claim the item.
+        After a revocation the next owner re-reads it and claims it; if that claim
+        overtook ours, both bodies ran. So the jobs of revoked partitions that have
+        not claimed yet will await their claims, and the revocation (which the
+        group waits for before it assigns the partitions anew) waits until the
+        claims already sent are on the broker, ahead of any claim of the next owner.
+        """
+        gone = set(revoked)
+        with self._running_lock:
+            mine = [j for j in self._jobs if _tp_of(j) in gone]
+            for job in mine:
+                job.fresh = False
+        deadline = asyncio.get_running_loop().time() + _REVOKE_CLAIM_WAIT_S
+        while any(j.claim is not None for j in mine):
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("revoking work partitions with unacknowledged claims in flight")
+                return
+            await asyncio.sleep(0.01)
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
         """Run `callback(*args)` on the event loop; callable from any thread.
@@ -354,12 +395,32 @@ class Worker:
         if not job.unacked:
             self._settle(job)
 
-    def _acked(self, job: _Job, error: BaseException | None) -> None:
+    def _acked(self, job: _Job, record: Outgoing, error: BaseException | None) -> None:
         if error is not None:
-            log.error("a record of work %s was not produced: %r", job.record.key, error)
+            # Never settle (so never commit) a work item whose proposal is not on the
+            # broker: produce it again (commands are deduplicated by id), holding
+            # the job's later records back so they cannot overtake it.
+            log.error(
+                "a record of work %s was not produced, producing it again: %r",
+                job.record.key, error,
+            )
+            if job.held is None:
+                job.held = []
+            assert self._loop is not None
+            self._loop.call_later(_RESEND_DELAY_S, self._resend, job, record)
+            return
         job.unacked -= 1
+        if record is job.claim:
+            job.claim = None
+        if job.held is not None:
+            held, job.held = job.held, None
+            for later in held:
+                self._outbox.put(later, partial(self._acked, job, later))
         if job.finished and not job.unacked:
             self._settle(job)
+
+    def _resend(self, job: _Job, record: Outgoing) -> None:
+        self._outbox.put(record, partial(self._acked, job, record))
 
     def _settle(self, job: _Job) -> None:
         if not job.settled:
@@ -367,6 +428,7 @@ class Worker:
             self._release(job)
 
     def _release(self, job: _Job) -> None:
+        self._jobs.discard(job)
         job.settled = True
         self._in_flight -= 1
         self._slot_free.set()
@@ -418,9 +480,10 @@ class Worker:
             self._remember_cache(flow, work.slug, final)
             self.stats.executed += 1
         finally:
+            key = (work.task_run_id, work.attempt)
             with self._running_lock:
-                if self._running.get(work.task_run_id) is job:
-                    del self._running[work.task_run_id]
+                if self._running.get(key) is job:
+                    del self._running[key]
 
     def _submit(self, job: _Job, command: Command) -> list[Event] | None:
         """`execute_work`'s submit; a Running claim may wait for the ledger's answer."""
@@ -433,14 +496,18 @@ class Worker:
 
     def _claim(self, job: _Job, command: TransitionProposed) -> list[Event] | None:
         assert job.work is not None
-        run_id = job.work.task_run_id
+        key = (job.work.task_run_id, job.work.attempt)
         with self._running_lock:
-            duplicate = run_id in self._running  # a copy of this item runs here already
+            duplicate = key in self._running  # a copy of this attempt runs here already
             if not duplicate:
-                self._running[run_id] = job  # heartbeats start with the claim
-        if job.fresh and not duplicate:
+                self._running[key] = job  # heartbeats start with the claim
+            unawaited = job.fresh and not duplicate
+            if unawaited:  # decided under the lock that a revocation takes (_settle_claims)
+                job.claim = self._outgoing(self._topics["commands"], job.partition, command)
+        if unawaited:
+            assert job.claim is not None
             self.stats.claims_unawaited += 1
-            self._post(job, self._topics["commands"], job.partition, command)
+            self._hand_over(self._enqueue, job, job.claim)
             return None
         waiter: concurrent.futures.Future[list[Event]] = concurrent.futures.Future()
         self._claims[command.event_id] = waiter  # before sending: never miss the answer
@@ -526,7 +593,10 @@ class Worker:
             self._outbox.put(record)
             return
         job.unacked += 1
-        self._outbox.put(record, partial(self._acked, job))
+        if job.held is not None:
+            job.held.append(record)
+            return
+        self._outbox.put(record, partial(self._acked, job, record))
 
     def _send_awaited_claim(self, job: _Job, record: Outgoing) -> None:
         if self._tail_live:
@@ -597,7 +667,7 @@ class Worker:
         commands = self._topics["commands"]
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-            for task_run_id, job in list(self._running.items()):
+            for (task_run_id, _attempt), job in list(self._running.items()):
                 work, partition = job.work, job.partition
                 assert work is not None
                 beat = HeartbeatSent(
@@ -614,6 +684,10 @@ class Worker:
                 self._enqueue(
                     None, Outgoing(commands, partition, work.flow_run_id.encode(), encode(beat))
                 )
+
+
+def _tp_of(job: _Job) -> TopicPartition:
+    return TopicPartition(job.record.topic, job.record.partition)
 
 
 def _unexpired(state: State, now: Any) -> bool:

@@ -20,6 +20,7 @@ from events import (
     TaskRunTransitioned,
     UnknownEventType,
     UnsupportedSchemaVersion,
+    check_flow_run_id,
     deadletter_bytes,
     deadletter_payload,
     decode,
@@ -243,3 +244,22 @@ def test_a_dead_lettered_event_carries_the_original_payload() -> None:
         payload=deadletter_payload(b"\x80\x05"),
     )
     assert deadletter_bytes(decode(encode(event)).payload) == b"\x80\x05"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("flow_run_id", ["a/b", "", "has space", "x" * 201])
+def test_a_command_with_an_invalid_flow_run_id_is_a_malformed_event(flow_run_id: str) -> None:
+    """A '/' in a flow run id made task run ids ambiguous; the decoder refuses it."""
+    record = json.dumps(
+        {
+            "type": "cancel_requested", "schema_version": 1, "event_id": "e",
+            "flow_run_id": flow_run_id, "occurred_at": "2024-01-01T00:00:00Z",
+        }
+    )
+    with pytest.raises(MalformedEvent, match="flow_run_id: String should match pattern"):
+        decode_command(record)
+
+
+def test_check_flow_run_id_says_what_a_flow_run_id_may_be() -> None:
+    assert check_flow_run_id("0b9e-run") == "0b9e-run"
+    with pytest.raises(ValueError, match="no '/'"):
+        check_flow_run_id("run/a")

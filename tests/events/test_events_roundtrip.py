@@ -28,6 +28,7 @@ from events import (
 )
 
 ids = st.text(min_size=1, max_size=12)
+flow_run_ids = st.from_regex(r"[^/\s]{1,12}", fullmatch=True)
 texts = st.text(max_size=12)
 small_ints = st.integers(min_value=0, max_value=2**31)
 json_scalars = (
@@ -125,7 +126,7 @@ work_items = st.builds(
 
 FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "event_id": ids,
-    "flow_run_id": ids,
+    "flow_run_id": flow_run_ids,
     "task_run_id": ids,
     "task_slug": ids,
     "map_index": small_ints,

@@ -25,6 +25,7 @@ from events import (
     FlowRef,
     ResumeRequested,
     TaskRunTransitioned,
+    TransitionProposed,
     TransitionRejected,
     decode,
     encode,
@@ -139,6 +140,39 @@ def test_malformed_records_are_dead_lettered_with_a_reason_and_the_ledger_goes_o
         assert letter.payload == value.decode(errors="replace")
         assert letter.source_topic == roles.settings.topic("commands")
         assert letter.offset is not None
+
+
+def test_commands_for_a_flow_run_that_was_never_created_leave_no_run_behind(
+    roles: RolesThread,
+) -> None:
+    """Forged proposals and a cancel for unknown runs are dead-lettered with the reason;
+    neither the ledger's memory nor the ledger topic gets a phantom flow run."""
+    phantoms = [f"phantom-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for flow_run_id in phantoms:
+        forged = TransitionProposed(
+            event_id=str(uuid.uuid4()),
+            flow_run_id=flow_run_id,
+            occurred_at=datetime.now(UTC),
+            task_run_id=f"{flow_run_id}/a",
+            expected_seq=0,
+            attempt=1,
+            state={"type": "Failed", "message": "forged"},
+        )
+        roles.send(forged)
+        roles.send(
+            CancelRequested(
+                event_id=str(uuid.uuid4()), flow_run_id=flow_run_id, occurred_at=datetime.now(UTC)
+            )
+        )
+    marker = run_request(f"{FLOWS}:single")  # once this finishes, the above were consumed
+    roles.send(marker)
+    _finished(roles, marker.flow_run_id)
+    views = roles.ledger_views
+    assert not [f for f in phantoms if f in views]
+    assert not [f for f in phantoms if roles.events_of(f)]
+    letters = [d for d in _dead_letters(roles) if d.key in phantoms]
+    assert len(letters) == 2 * len(phantoms)
+    assert all("unknown flow run" in d.reason for d in letters)
 
 
 @pytest.mark.parametrize(

@@ -234,3 +234,43 @@ def test_security_protocol_is_restricted(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("RUNLEDGER_SECURITY_PROTOCOL", "TLS")
     with pytest.raises(ValidationError, match="security_protocol"):
         Settings()
+
+
+def test_unknown_runledger_variables_fail_with_their_names_and_the_nearest_known_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A typo must not silently leave the default in place."""
+    monkeypatch.setenv("RUNLEDGER_HEARTBEAT_TIMEOUT", "60")
+    monkeypatch.setenv("RUNLEDGER_BROKER", "kafka:9092")
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    message = str(raised.value)
+    assert "RUNLEDGER_BROKER (did you mean RUNLEDGER_BROKERS?)" in message
+    assert "RUNLEDGER_HEARTBEAT_TIMEOUT (did you mean RUNLEDGER_HEARTBEAT_TIMEOUT_S?)" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RUNLEDGER_FETCH_MAX_WAIT_MS", "10000000"),
+        ("RUNLEDGER_FETCH_MAX_WAIT_MS", "-1"),
+        ("RUNLEDGER_HEARTBEAT_TIMEOUT_S", "inf"),
+        ("RUNLEDGER_HEARTBEAT_TIMEOUT_S", "nan"),
+        ("RUNLEDGER_HEARTBEAT_INTERVAL_S", "inf"),
+        ("RUNLEDGER_SESSION_TIMEOUT_MS", "99999999999"),
+    ],
+)
+def test_waits_and_timeouts_are_bounded_and_finite(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A huge fetch wait hung the ledger until SIGKILL; an infinite timeout disables
+    lost-attempt detection. Both are refused at start."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_pickled_flow_schemes_default_to_file_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().pickled_flow_schemes == ["file", "memory"]
+    monkeypatch.setenv("RUNLEDGER_PICKLED_FLOW_SCHEMES", "file,S3")
+    assert Settings().pickled_flow_schemes == ["file", "s3"]

@@ -296,7 +296,58 @@ def test_a_second_run_request_for_the_same_flow_run_changes_nothing() -> None:
 def test_commands_for_an_unknown_flow_run_are_rejected() -> None:
     """Anything but a run request before the flow run exists is rejected."""
     ledger = Ledger()
-    assert reasons(ledger.cancel()) == [f"unknown flow run {FR}"]
+    assert reasons(ledger.cancel()) == [f"unknown flow run {FR}: only a run_requested creates one"]
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_a_command_for_an_unknown_flow_run_leaves_no_view_behind(owned: bool) -> None:
+    """A forged proposal for a run that never existed must not bring one into being.
+
+    The refusal is returned for the shell to dead-letter, but not folded: the view
+    stays the empty one it was (no processed command, no time), even when handed over.
+    """
+    empty = FlowRunView(flow_run_id=FR)
+    forged = TransitionProposed(
+        event_id="forged",
+        flow_run_id=FR,
+        occurred_at=NOW,
+        task_run_id=run_id("a"),
+        cause=Cause(worker=WORKER),
+        expected_seq=0,
+        attempt=1,
+        state=Failed("forged").serialize(),
+    )
+    view, events = decide_and_evolve(empty, forged, NOW, owned=owned)
+    assert reasons(events) == [f"unknown flow run {FR}: only a run_requested creates one"]
+    assert view == FlowRunView(flow_run_id=FR)
+    assert not view.processed_commands
+    assert view.last_event_at is None
+
+
+def test_a_run_request_reusing_a_run_id_with_other_parameters_is_rejected_with_the_reason() -> None:
+    """An idempotency key reused for another flow or parameters is refused, not dropped."""
+    ledger = Ledger()
+    ledger.send(
+        RunRequested(
+            event_id="r1", flow_run_id=FR, occurred_at=NOW, flow_ref=REF, plan=chain(),
+            parameters={"n": 1}, idempotency_key="nightly",
+        )
+    )
+    other_parameters = RunRequested(
+        event_id="r2", flow_run_id=FR, occurred_at=NOW, flow_ref=REF, plan=chain(),
+        parameters={"n": 2}, idempotency_key="nightly",
+    )
+    other_flow = RunRequested(
+        event_id="r3", flow_run_id=FR, occurred_at=NOW, plan=chain(),
+        flow_ref=FlowRef(kind="import", path="pkg.flows:other"), parameters={"n": 1},
+    )
+    expected = (
+        f"flow run {FR} (idempotency key 'nightly') exists with another flow or other "
+        "parameters; a run request cannot change them"
+    )
+    assert reasons(ledger.send(other_parameters)) == [expected]
+    assert reasons(ledger.send(other_flow)) == [expected]
+    assert ledger.view.parameters == {"n": 1}
 
 
 def test_a_redelivered_command_emits_nothing() -> None:
@@ -417,6 +468,17 @@ def test_a_claim_for_another_attempt_is_rejected() -> None:
     assert reasons(ledger.propose("a", Running(), attempt=2)) == [
         "claim for attempt 2 but the ledger dispatched attempt 1"
     ]
+
+
+def test_an_outcome_for_another_attempt_is_rejected_even_from_the_claimer() -> None:
+    """A Failed with attempt=99 under the claimer's id does not end attempt 1."""
+    ledger = Ledger(chain())
+    ledger.propose("a", Running(), final=False)
+    assert reasons(ledger.propose("a", Failed("forged"), attempt=99)) == [
+        "proposal for attempt 99 but the ledger dispatched attempt 1"
+    ]
+    assert ledger.record("a").state_type == "Running"
+    assert reasons(ledger.propose("a", Success(result=1))) == []
 
 
 def test_while_a_run_is_running_only_its_claimer_may_end_it() -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from engine.orchestration import FlowRunView, decide_and_evolve
 from engine.state import Running
 from events import (
+    CancelRequested,
     FlowPlan,
     FlowRef,
     FlowRunTransitioned,
@@ -18,6 +19,7 @@ from events import (
     TransitionProposed,
     WorkDispatched,
 )
+from services.roles.scheduler import lost_attempts
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 RUN = "run-1"
@@ -84,3 +86,37 @@ def test_heartbeats_keep_an_attempt_alive() -> None:
     view, facts = _tick(view, T0 + timedelta(seconds=40), "t1")
     assert facts == []
     assert view.task_runs[TASK].state_type == "Running"
+
+
+def test_a_cancelling_attempt_whose_worker_went_silent_ends_cancelled_and_so_does_the_flow() -> (
+    None
+):
+    """Found by the simulation (seed 1406): a cancel reached a Running attempt whose
+    worker then died; nobody proposed again, and the flow stayed Cancelling forever."""
+    view, _ = decide_and_evolve(_started(max_retries=0), CancelRequested(
+        event_id="cancel", flow_run_id=RUN, occurred_at=T0), T0)
+    assert view.task_runs[TASK].state_type == "Cancelling"
+    assert lost_attempts(view, T0 + timedelta(seconds=31), 30.0) == [TASK]
+    view, facts = _tick(view, T0 + timedelta(seconds=31), "t1")
+    moves = [f.state["type"] for f in facts if isinstance(f, TaskRunTransitioned)]
+    assert moves == ["Cancelled"]
+    assert view.flow_state_type == "Cancelled"
+
+
+def test_a_worker_lost_between_failed_and_its_retrying_gets_the_retry_it_never_proposed() -> (
+    None
+):
+    """Found by the simulation (seed 4675): the worker proposed Failed (final=False) and
+    died before its Retrying; the run was not Running, so no tick ever looked at it."""
+    view = _started(max_retries=1)
+    view, _ = decide_and_evolve(view, TransitionProposed(
+        event_id="c3", flow_run_id=RUN, task_run_id=TASK, occurred_at=T0,
+        expected_seq=view.task_runs[TASK].seq, attempt=1,
+        state={"type": "Failed", "message": "boom"}, final=False), T0)
+    assert view.task_runs[TASK].state_type == "Failed"
+    later = T0 + timedelta(seconds=31)
+    assert lost_attempts(view, later, 30.0) == [TASK]
+    view, facts = _tick(view, later, "t1")
+    moves = [f.state["type"] for f in facts if isinstance(f, TaskRunTransitioned)]
+    assert moves == ["Retrying"]
+    assert view.task_runs[TASK].final

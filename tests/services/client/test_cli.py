@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -260,3 +262,23 @@ def test_rerun_of_an_unknown_or_unfinished_run_exits_1_with_the_reason(
     err = capsys.readouterr().err
     assert f"runledger rerun: {error}" in err
     assert "Traceback" not in err
+
+
+def test_a_broker_port_out_of_range_is_a_usage_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["broker", "--port", "99999"])
+    assert exited.value.code == 2
+    assert "expected a TCP port (0-65535), got 99999" in capsys.readouterr().err
+
+
+def test_output_to_a_closed_pipe_ends_quietly_with_128_plus_sigpipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`runledger ... | head`: the reader is gone; no traceback, exit status 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as closed_pipe:
+        monkeypatch.setattr(sys, "stdout", closed_pipe)
+        assert main(["config"]) == 141

@@ -16,10 +16,13 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from engine.flow_runner import FlowRunner
+from engine.orchestration import FlowRunView, decide_and_evolve
 from events import (
     CancelRequested,
+    FlowPlan,
     FlowRef,
     FlowRunTransitioned,
+    PlanTask,
     ResumeRequested,
     RunRequested,
     TaskRunTransitioned,
@@ -32,6 +35,7 @@ from examples.etl import flow as etl_flow
 from services.client.client import (
     Change,
     Client,
+    IdempotencyConflict,
     change_of,
     flow_run_id_for,
     flow_run_id_of_task_run,
@@ -108,7 +112,38 @@ def _client() -> tuple[Client, RecordingProducer]:
     client = Client(Settings(topic_prefix="unit."))
     producer = RecordingProducer()
     client._producer = producer  # no broker: the client only needs send_and_wait here
+    client.view = _no_run  # type: ignore[method-assign]  # nothing on the ledger yet
     return client, producer
+
+
+async def _no_run(flow_run_id: str, *, as_of: datetime | None = None) -> FlowRunView:
+    return FlowRunView(flow_run_id=flow_run_id)
+
+
+async def test_a_key_reused_for_other_parameters_is_a_clear_error_not_the_other_run() -> None:
+    client, producer = _client()
+    plan = FlowPlan(name="p", version="1", tasks=(PlanTask(slug="a", name="a"),))
+    existing, _ = decide_and_evolve(
+        FlowRunView(flow_run_id=flow_run_id_for("nightly")),
+        RunRequested(
+            event_id="r", flow_run_id=flow_run_id_for("nightly"), occurred_at=datetime.now(UTC),
+            flow_ref=FlowRef(kind="import", path="examples.demo:flow"), parameters={"n": 3},
+            plan=plan, idempotency_key="nightly",
+        ),
+        datetime.now(UTC),
+    )
+
+    async def view(flow_run_id: str, *, as_of: datetime | None = None) -> FlowRunView:
+        return existing
+
+    client.view = view  # type: ignore[method-assign]
+    same = await client.submit("examples.demo:flow", {"n": 3}, idempotency_key="nightly")
+    assert same == flow_run_id_for("nightly")
+    with pytest.raises(IdempotencyConflict, match="idempotency key 'nightly' already names"):
+        await client.submit("examples.demo:flow", {"n": 4}, idempotency_key="nightly")
+    with pytest.raises(IdempotencyConflict):
+        await client.submit("examples.demo:other", {"n": 3}, idempotency_key="nightly")
+    assert len(producer.sent) == 1
 
 
 async def test_submit_writes_a_run_request_keyed_by_its_flow_run() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped, unused-ignore]
 import pytest
+from pydantic import SecretStr
 
 from engine import Flow, task
 from events import FlowRef
@@ -181,3 +182,16 @@ def test_state_handlers_are_imported_under_the_same_allowlist(tmp_path: Path) ->
         import_handlers(["os:system"], settings)
     with pytest.raises(FlowLoadError, match="import path"):
         import_handlers([42], settings)
+
+
+@pytest.mark.parametrize("location", ["http://attacker.example/flow.pkl", "ftp://h/f.pkl"])
+def test_a_pickled_flow_from_a_scheme_off_the_allowlist_is_refused_before_any_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """The location comes from whoever wrote the topic: it is checked before fsspec opens it."""
+    fetched: list[str] = []
+    monkeypatch.setattr("fsspec.core.url_to_fs", lambda url, **kw: fetched.append(url))
+    ref = FlowRef(kind="pickled", location=location, signature="0" * 64)
+    with pytest.raises(FlowLoadError, match="is not in pickled_flow_schemes"):
+        load_flow(ref, _settings(tmp_path, signing_key=SecretStr("k")))
+    assert fetched == []
