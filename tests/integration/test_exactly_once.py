@@ -145,6 +145,18 @@ async def _ends(settings: Settings, name: TopicName) -> dict[int, int]:
         await consumer.stop()
 
 
+async def _committed_values(settings: Settings, topic: str, expected: int) -> list[bytes]:
+    """The committed values of partition 0, once `expected` of them are readable (a commit
+    becomes readable when its markers land, a moment after it returns) or after 10 s."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        records = await read_partitions_to_end(settings, [TopicPartition(topic, 0)])
+        values = [r.value or b"" for r in records]
+        if len(values) >= expected or asyncio.get_running_loop().time() > deadline:
+            return values
+        await asyncio.sleep(0.05)
+
+
 async def _fencing(settings: Settings) -> tuple[list[bytes], bool]:
     await ensure_topics(settings)
     topic = settings.topic("ledger")
@@ -163,8 +175,7 @@ async def _fencing(settings: Settings) -> tuple[list[bytes], bool]:
         await second.submit(0, [Outgoing(topic, 0, b"k", b"second, after")], {})
         await second.drain()
         assert second.take_failures() == []
-        records = await read_partitions_to_end(settings, [TopicPartition(topic, 0)])
-        return [r.value or b"" for r in records], [f.fenced for f in failures] == [True]
+        return await _committed_values(settings, topic, 2), [f.fenced for f in failures] == [True]
     finally:
         await first.stop()
         await second.stop()
