@@ -225,7 +225,11 @@ class _Transactions:
         futures: list[asyncio.Future[Any]] = await send_records(self.producer, records)
         if offsets:
             await self.producer.send_offsets_to_transaction(offsets, self.group_id)
-        await asyncio.gather(*futures)
+        # Every ack is awaited (return_exceptions: none is left unretrieved); the
+        # first failure aborts the transaction.
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         await self.producer.commit_transaction()
 
     async def _failed(self, exc: BaseException) -> None:
@@ -246,6 +250,27 @@ class _Transactions:
         self.records.clear()
         self.offsets.clear()
         self.idle.set()
+
+
+def _retrieve_fencing(producer: AIOKafkaProducer) -> None:
+    """Mark the ProducerFenced of a closed producer's internal futures as seen.
+
+    aiokafka fails its sender task and transaction waiters with it but never
+    retrieves them, so asyncio would log "Future exception was never retrieved"
+    for a fencing the writer already handled. (A queued batch's drain waiter,
+    deeper inside aiokafka's accumulator, is left as it is: asyncio may still log
+    that one once.)
+    """
+    sender = getattr(producer, "_sender", None)
+    txn_manager = getattr(producer, "_txn_manager", None)
+    internal = [
+        getattr(sender, "sender_task", None),
+        getattr(txn_manager, "_transaction_waiter", None),
+        getattr(txn_manager, "_task_waiter", None),
+    ]
+    for future in internal:
+        if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+            future.exception()
 
 
 class TransactionalWriter:
@@ -309,6 +334,7 @@ class TransactionalWriter:
             await txns.producer.stop()
         except KafkaError as exc:  # a fenced producer may fail to close cleanly
             log.debug("closing the producer of partition %d: %r", txns.partition, exc)
+        _retrieve_fencing(txns.producer)
 
     async def submit(
         self, partition: int, records: list[Outgoing], offsets: dict[TopicPartition, int]
