@@ -1,4 +1,4 @@
-"""Which TCP addresses a process listens on, read from Linux's /proc (no psutil needed)."""
+"""Which TCP addresses a process listens on, and whether it runs, from Linux's /proc (no psutil)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-__all__ = ["listening_addresses"]
+__all__ = ["listening_addresses", "process_alive"]
 
 _LISTEN = "0A"
 
@@ -46,3 +46,16 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
             if state == _LISTEN and inode in inodes:
                 found.add(_decode(local))
     return found
+
+
+def process_alive(pid: int) -> bool:
+    """True while *pid* runs; a zombie (exited, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except OSError:  # it ended between the two looks
+        return False

@@ -23,6 +23,7 @@ import pytest
 
 from services.client.client import Client
 from services.settings import Settings
+from tests.integration.procnet import process_alive
 from tests.integration.test_client_kafka import running_services
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess]
@@ -171,16 +172,6 @@ async def test_cancel_and_resume_report_the_ledgers_answer(
     assert "refused by the ledger" in again.err
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as stopped.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    return True
 
 
 @pytest.mark.slow
@@ -193,7 +184,7 @@ async def test_demo_runs_and_stops_everything_it_started(kafka_settings: Setting
     assert "demo finished" in result.out
     pids = [int(p) for p in re.findall(r"\bpid (\d+)", result.out)]
     assert len(pids) >= 4  # broker, ledger, worker, api
-    assert not [pid for pid in pids if _alive(pid)]
+    assert not [pid for pid in pids if process_alive(pid)]
 
 
 def _free_port() -> int:
@@ -246,7 +237,7 @@ async def test_dev_prints_where_everything_is_and_stops_on_sigterm(
                     await asyncio.sleep(0.1)
             os.kill(process.pid, signal.SIGTERM)
             assert await process.wait() == 0
-            assert not _alive(broker_pid)
+            assert not process_alive(broker_pid)
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):

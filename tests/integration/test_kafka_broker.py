@@ -24,20 +24,13 @@ from services.kafka.apache import JavaRuntime, KafkaBroker, KafkaJars, kafka_ver
 from services.kafka.process import BrokerError
 from services.kafka.tansu import TansuBroker
 from services.settings import Settings
-from tests.integration.procnet import listening_addresses
+from tests.integration.procnet import listening_addresses, process_alive
 
 pytestmark = pytest.mark.integration
 
 RUNLEDGER = Path(sys.executable).with_name("runledger")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
 async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
@@ -130,7 +123,7 @@ def test_data_survives_a_restart_and_storage_is_formatted_once(tmp_path: Path) -
         asyncio.run(_create_and_produce(broker.bootstrap))
         first_pid = broker.pid
     assert first_pid is not None
-    assert not _alive(first_pid)
+    assert not process_alive(first_pid)
     assert broker.log_path == tmp_path / "logs" / "kafka.log"
     assert "Kafka Server started" in broker.log_path.read_text()
     with broker:
@@ -223,7 +216,7 @@ def test_cli_broker_runs_kafka_in_the_foreground_and_stops_cleanly(
     assert process.returncode == 0, output
     assert f"Apache Kafka {kafka_version()}" in first_line
     assert "stopping" in output
-    assert not _alive(kafka_pid)
+    assert not process_alive(kafka_pid)
 
 
 @pytest.mark.multiprocess

