@@ -7,7 +7,7 @@ directory), then a ledger, a worker (16 threads) and an api as separate
 processes (`python -m services.roles.app --roles ...`). It first submits one small
 run (the *oldest*), then grows the ledger with maps of `--map` trivial inputs
 (about five ledger events per input) and, at each step of `--steps` (cumulative
-maps), measures:
+maps, spread round-robin over the ledger partitions), measures:
 
 * single-run submit → Success seen by `Client.wait`, p50 / p99 over `--singles` runs;
 * `Client.view` and `Client.history` of the oldest run (median of 5 fresh clients);
@@ -265,9 +265,25 @@ def report(rows: list[tuple[int, dict[str, float]]]) -> None:
         print(f"| {maps} | " + " | ".join(ratios) + " |")
 
 
-async def grow(settings: Settings, maps: int, inputs: int) -> None:
-    for _ in range(maps):
-        await submit_and_wait(settings, TRIVIAL_MAP, {"n": inputs})
+def key_on_partition(partition: int, partitions: int) -> str:
+    """An idempotency key whose flow run lives on `partition` of the ledger."""
+    while True:
+        key = f"growth-{uuid.uuid4()}"
+        if partition_for(flow_run_id_for(key), partitions) == partition:
+            return key
+
+
+async def grow(settings: Settings, first: int, maps: int, inputs: int) -> None:
+    """Run maps `first`..`first + maps - 1`, the i-th on ledger partition i mod partitions,
+    so that every partition (the oldest run's too) grows alike."""
+    async with Client(settings) as client:
+        for i in range(first, first + maps):
+            key = key_on_partition(i % settings.partitions, settings.partitions)
+            view = await client.wait(
+                await client.submit(TRIVIAL_MAP, {"n": inputs}, idempotency_key=key), timeout=600
+            )
+            if view.flow_state_type != "Success":
+                raise RuntimeError(f"a growing map ended {view.flow_state_type}")
 
 
 def main() -> None:
@@ -293,7 +309,7 @@ def main() -> None:
                 oldest = asyncio.run(_submit_oldest(settings))
                 done = 0
                 for step in steps:
-                    asyncio.run(grow(settings, step - done, args.map))
+                    asyncio.run(grow(settings, done, step - done, args.map))
                     done = step
                     figures = asyncio.run(measure(roles, oldest, args.singles))
                     rows.append((step, figures))
