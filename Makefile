@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv lint test simulate demo bench bench-prefect clean distclean
+.PHONY: chaos venv lint test simulate demo bench bench-prefect clean distclean
 
 ## venv: create .venv and install the project with its dev extras (again only when pyproject.toml changed)
 venv: $(STAMP)
@@ -58,3 +58,7 @@ clean:
 ## distclean: clean, and remove .venv too
 distclean: clean
 	rm -rf $(VENV)
+
+## chaos: real processes on a real broker, SIGKILLed and frozen while they work (scripts/chaos.py; ARGS=...)
+chaos: venv
+	$(BIN)/python scripts/chaos.py $(ARGS)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 from services.client.client import Client, flow_run_id_for  # noqa: E402
 from services.kafka.apache import KafkaBroker  # noqa: E402
 from services.kafka.clients import partition_for  # noqa: E402
-from services.kafka.process import free_port  # noqa: E402
+from services.kafka.process import die_with_parent, free_port  # noqa: E402
 from services.kafka.topics import ensure_topics  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
@@ -99,6 +99,7 @@ class Roles:
                 [sys.executable, "-m", "services.roles.app", "--roles", role, *extra],
                 cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),  # no orphan if this script is killed
             )
         return launched
 
@@ -286,7 +287,12 @@ async def grow(settings: Settings, first: int, maps: int, inputs: int) -> None:
                 raise RuntimeError(f"a growing map ended {view.flow_state_type}")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the cleanup: every process is stopped by PID
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="0,4,10,20", help="cumulative maps at each step")
     parser.add_argument("--map", type=int, default=10_000, help="inputs of each growing map")

@@ -47,6 +47,7 @@ from events import Event, TaskRunTransitioned, WorkDispatched, decode  # noqa: E
 from services.client.client import Client  # noqa: E402
 from services.kafka.apache import KafkaBroker  # noqa: E402
 from services.kafka.clients import read_partitions_to_end  # noqa: E402
+from services.kafka.process import die_with_parent  # noqa: E402
 from services.kafka.topics import ensure_topics  # noqa: E402
 from services.settings import Settings  # noqa: E402
 
@@ -89,6 +90,7 @@ class Cast:
                  *(["--concurrency", "8"] if "worker" in roles else [])],
                 cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),  # no orphan if this script is killed
             )
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
@@ -270,7 +272,12 @@ def report(
     return 1 if twice or missing or stuck else 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the cleanup: every process is stopped by PID
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=10)
     parser.add_argument("--children", type=int, default=500)
