@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from services.readmodel.store import (
-    StoreIdentity,
     StoredFact,
     StoredRun,
+    StoreIdentity,
     open_readonly,
     open_store,
     store_path,
