@@ -761,20 +761,44 @@ class Client:
             partition = partition_for(flow_run_id, await self.ledger_partitions())
             tps = [TopicPartition(topic, partition)]
         key = None if flow_run_id is None else flow_run_id.encode()
+        if located is not None:
+            # Positioned already: the known facts need no broker (a finished run's
+            # wait or view may end before any consumer is made).
+            yield None
+            for known in located.events:
+                yield known
+            follow = self._follow(tps, key, stop_at_end, offset=located.offset)
+        else:
+            follow = self._follow(tps, key, stop_at_end, start=start)
+        try:
+            async for event in follow:
+                yield event
+        finally:
+            await follow.aclose()
+
+    async def _follow(
+        self,
+        tps: list[TopicPartition],
+        key: bytes | None,
+        stop_at_end: bool,
+        *,
+        offset: int | None = None,
+        start: Start = "beginning",
+    ) -> AsyncGenerator[Event | None, None]:
+        """The partitions' events (of `key`'s run) from `offset` or `start`; None markers."""
         consumer = make_consumer(self.settings, group_id=None)
         await consumer.start()
         try:
             consumer.assign(tps)
-            if located is not None:
-                consumer.seek(tps[0], located.offset)
+            if offset is not None:
+                consumer.seek(tps[0], offset)
             elif start == "beginning":
                 await consumer.seek_to_beginning(*tps)
             else:
                 await consumer.seek_to_end(*tps)
                 await _drain_to_end(consumer, tps)
-            yield None
-            for known in located.events if located is not None else ():
-                yield known
+            if offset is None:
+                yield None
             news = True  # anything read since the last "caught up" marker
             while True:
                 batches = await consumer.getmany(*tps, timeout_ms=_POLL_MS)

@@ -159,6 +159,15 @@ class ReadStore:
         ).fetchall()
         return [StoredFact(flow_run_id, int(p), int(o), bytes(v)) for p, o, v in rows]
 
+    def facts_between(self, partition: int, start: int, stop: int) -> list[StoredFact]:
+        """Every stored record of a partition with start <= offset < stop (a scan: verify only)."""
+        rows = self._db.execute(
+            "SELECT flow_run_id, offset, value FROM facts "
+            "WHERE partition = ? AND offset >= ? AND offset < ? ORDER BY offset",
+            (partition, start, stop),
+        ).fetchall()
+        return [StoredFact(r, partition, int(o), bytes(v)) for r, o, v in rows]
+
     def history(self, flow_run_id: str) -> RunHistory:
         """The run's records and the positions they cover, from one read transaction."""
         # BEGIN makes the three reads one snapshot (WAL): the positions returned
