@@ -8,12 +8,14 @@ machine read a consistent snapshot while the api writes):
     facts      (flow run id, partition, offset) -> the record's value, as on the ledger
     runs       flow run id -> partition, state, last event time, summary (JSON)
 
-`facts` is clustered by flow run id (WITHOUT ROWID), so reading one run's
-history is one range scan of that run's rows: its cost follows the run's own
-history, not the partition's. Values are the ledger's bytes (events' JSON
-codec), so nothing here needs an encoding of its own. A file written by another
-schema or engine version, or for another ledger topic, is not read: it is
-deleted and rebuilt from the ledger (`open_store`).
+`facts` is indexed by (flow run id, partition, offset), so reading one run's
+history is one range scan of that index and a lookup per row: its cost follows
+the run's own history, not the partition's. (A WITHOUT ROWID table clustered by
+run reads a little faster but wrote half as fast and 50 % bigger with ~1 KB
+records, measured here: the fold's write rate matters more.) Values are the
+ledger's bytes (events' JSON codec), so nothing here needs an encoding of its
+own. A file written by another schema or engine version, or for another ledger
+topic, is not read: it is deleted and rebuilt from the ledger (`open_store`).
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ CREATE TABLE IF NOT EXISTS facts (
     flow_run_id TEXT NOT NULL,
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (flow_run_id, partition, offset)
-) WITHOUT ROWID;
+    value BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS facts_by_run ON facts (flow_run_id, partition, offset);
 CREATE TABLE IF NOT EXISTS runs (
     flow_run_id TEXT PRIMARY KEY,
     partition INTEGER NOT NULL,

@@ -82,7 +82,7 @@ def test_one_runs_history_is_read_through_its_primary_key_only(tmp_path: Path) -
         ("a",),
     ).fetchall()
     details = " ".join(str(row[-1]) for row in plan)
-    assert "SEARCH facts USING PRIMARY KEY (flow_run_id=?)" in details
+    assert "SEARCH facts USING INDEX facts_by_run (flow_run_id=?)" in details
     assert "SCAN" not in details
 
 
