@@ -10,6 +10,7 @@ from events import encode
 from examples.etl import flow as etl_flow
 from examples.failing import flow as failing_flow
 from services.readmodel.model import ReadModel
+from services.readmodel.shapes import flow_run_json
 from services.readmodel.store import StoreIdentity, open_store, store_path
 
 IDENTITY = StoreIdentity(ledger_topic="unit.ledger")
@@ -43,12 +44,19 @@ def _fold(model: ReadModel, values: list[bytes], start: int, batch: int = 7) -> 
         model.commit({0: first + len(chunk)})
 
 
-def test_views_equal_the_runners_even_when_the_cache_holds_one_task_run() -> None:
+def test_views_summaries_and_counts_are_right_even_when_the_cache_holds_one_task_run() -> None:
     model = ReadModel.open(open_store(None, IDENTITY), cache_task_runs=1)
     _fold(model, _interleaved(), 0)
+    roomy = ReadModel.open(open_store(None, IDENTITY), cache_task_runs=10_000)
+    _fold(roomy, _interleaved(), 0)
     for outcome in _runs():
         assert model.view(outcome.flow_run_id) == outcome.view
+        stored = model.store.run(outcome.flow_run_id)
+        assert stored is not None
+        assert stored.summary == flow_run_json(outcome.view)
     assert len(model.cache) == 1
+    assert model.fold_errors == 0
+    assert model.counters() == roomy.counters()
 
 
 def test_a_reopened_model_resumes_at_its_position_with_its_counters(tmp_path: Path) -> None:
