@@ -143,6 +143,16 @@ async def test_an_old_runs_reads_come_from_the_api_and_fetch_no_other_runs_recor
             assert (await reader.wait(oldest, timeout=RUN_TIMEOUT_S)) == view
             assert reader.records_read == 0  # every record came from the api, none from Kafka
         assert len(records) > 2 * len(own)  # the partition held far more than this run
+        shown = await runledger(settings, "--log-level", "INFO", "history", oldest, "--json")
+        assert shown.status == 0, shown.err
+        assert [json.loads(line)["event_id"] for line in shown.out.splitlines()] == [
+            f.event_id for f in facts
+        ]
+        assert "reading its partition from 0" not in shown.err
+        then = facts[0].occurred_at.isoformat()
+        states = await runledger(settings, "states", oldest, "--as-of", then, "--json")
+        assert states.status == 0, states.err
+        assert json.loads(states.out.splitlines()[0])["state_type"] == early.flow_state_type
 
 
 def _event_id(value: bytes | None) -> str:
