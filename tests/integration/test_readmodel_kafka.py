@@ -230,3 +230,8 @@ async def test_verify_reports_a_corrupted_read_model_and_passes_a_sound_one(
         assert f"flow run {second}: its records differ (" in broken.out
         assert "-@" in broken.out  # the deleted record, as the ledger has it
         assert "2 mismatches in 2 runs" in broken.out
+        as_json = await runledger(settings, "verify", "--json", "--from-offset", "0")
+        assert as_json.status == 1
+        *mismatches, summary = [json.loads(line) for line in as_json.out.splitlines()]
+        assert {m["flow_run_id"] for m in mismatches} == {first, second}
+        assert (summary["kind"], summary["mismatches"], summary["runs"]) == ("summary", 2, 2)
