@@ -167,6 +167,17 @@ class Settings(BaseSettings):
     web_port: Port = 6066
     """Port of the HTTP API."""
 
+    api_url: str = "auto"
+    """Where clients read one run's history and view (the api role's HTTP API):
+    ``auto`` is ``http://<web_host>:<web_port>`` (127.0.0.1 for a wildcard host),
+    ``off`` never asks an api, anything else is the URL. A client that cannot reach
+    it, or finds it serving other topics, reads the ledger itself instead."""
+
+    api_cache_task_runs: int = Field(default=10_000, ge=1)
+    """How many task runs' worth of flow-run views the api keeps in memory (least
+    recently used first out); every view is on disk in its read model anyway. One
+    task run is ~1-2 KB of memory; the view in use always stays, however big."""
+
     # -- Kafka client tuning --------------------------------------------------------
 
     fetch_max_wait_ms: int = Field(default=100, ge=0, le=5000)
@@ -241,6 +252,14 @@ class Settings(BaseSettings):
             raise ValueError("topic_prefix may contain only ASCII letters, digits, '.', '_', '-'")
         return value
 
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value not in ("auto", "off") and not value.startswith(("http://", "https://")):
+            raise ValueError(f"api_url {value!r} is not auto, off or an http(s):// URL")
+        return value
+
     @field_validator("sasl_password", "signing_key", mode="before")
     @classmethod
     def _empty_secret_is_none(cls, value: Any) -> Any:
@@ -292,6 +311,17 @@ class Settings(BaseSettings):
         """Every RunLedger topic: short name -> full name."""
         names: tuple[TopicName, ...] = get_args(TopicName)
         return {name: self.topic(name) for name in names}
+
+    @property
+    def api_base_url(self) -> str | None:
+        """The api's URL clients use (`api_url` resolved), or None for ``off``."""
+        if self.api_url == "off":
+            return None
+        if self.api_url != "auto":
+            return self.api_url
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "", "::") else self.web_host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.web_port}"
 
     @property
     def exactly_once(self) -> bool:

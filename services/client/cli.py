@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -42,6 +43,7 @@ from services.client.client import (
 from services.client.watch import RunProgress, render, watch_run
 from services.kafka.broker import embedded_broker
 from services.kafka.process import BrokerError, check_loopback
+from services.readmodel.store import ReadStore, StoreIdentity, open_readonly, store_path
 from services.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -89,6 +91,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an offset (0 or more), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an offset (0 or more), got {value}")
     return value
 
 
@@ -245,6 +257,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     resume.add_argument("task_run_id", type=task_run_id, metavar="TASK_RUN_ID")
     _add_answer_options(resume)
     _add_audit_commands(sub)
+    _add_verify_command(sub)
     config = _add(
         sub,
         "config",
@@ -324,6 +337,34 @@ def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         parser.add_argument(
             "--json", action="store_true", help="one JSON object per line instead of a table"
         )
+
+
+def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = _add(
+        sub,
+        "verify",
+        cmd_verify,
+        summary="fold the ledger again and compare it with the api's read model; "
+        "exit 1 and print the differences on any mismatch",
+    )
+    verify.add_argument(
+        "--from-offset",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="fold each partition from offset N (default 0: everything); runs that began "
+        "before N have their records compared, not their views",
+    )
+    verify.add_argument(
+        "--read-model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the api's read-model file (default: the one in RUNLEDGER_DATA_DIR)",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help="one JSON object per mismatch, then a summary"
+    )
 
 
 def _add_answer_options(parser: argparse.ArgumentParser) -> None:
@@ -653,6 +694,45 @@ async def _states(args: argparse.Namespace, settings: Settings) -> int:
     else:
         Console().print(audit.states_table(view, args.as_of))
     return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Fold the ledger and compare it with the read model: 0 equal, 1 any mismatch."""
+    path = args.read_model or store_path(settings.data_dir, settings.topic_prefix)
+    store = open_readonly(path, StoreIdentity(ledger_topic=settings.topic("ledger")))
+    if store is None:
+        return _fail(
+            "verify",
+            f"no read model of {settings.topic('ledger')} (this engine and schema version) at "
+            f"{path}: run the api with this RUNLEDGER_DATA_DIR, or name one with --read-model",
+        )
+    try:
+        return _run_async("verify", _verify(args, settings, store))
+    finally:
+        store.close()
+
+
+async def _verify(args: argparse.Namespace, settings: Settings, store: ReadStore) -> int:
+    from services.readmodel.verify import ReadModelCheck, verify
+
+    positions = store.positions()
+    checks = [ReadModelCheck(store, positions)]
+    mismatches = await verify(settings, checks, args.from_offset, upto=positions)
+    runs = len({(m.partition, m.flow_run_id) for m in mismatches})
+    covered = ", ".join(f"{p}: {o}" for p, o in sorted(positions.items())) or "nothing yet"
+    if args.json:
+        _print_json_lines(m.as_json() for m in mismatches)
+        summary = {"kind": "summary", "mismatches": len(mismatches), "runs": runs}
+        _print_json_lines([summary | {"from_offset": args.from_offset, "positions": positions}])
+    else:
+        for mismatch in mismatches:
+            print(mismatch.as_text())
+        verdict = f"{len(mismatches)} mismatches in {runs} runs" if mismatches else "equal"
+        print(
+            f"runledger verify: read model vs the ledger from offset {args.from_offset} "
+            f"(up to its positions {covered}): {verdict}"
+        )
+    return EXIT_FAILURE if mismatches else EXIT_OK
 
 
 def _print_json_lines(records: Iterable[dict[str, Any]]) -> None:

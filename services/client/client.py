@@ -10,9 +10,13 @@
                 break
         view = await client.wait(run_id, timeout=60)
 
-Everything goes through Kafka: commands to the `commands` topic keyed by flow run
-id, state read back from the `ledger` topic and folded with the engine's own
-`fold`/`evolve`. The client decides nothing: the ledger may refuse what it sends,
+Commands go to the `commands` topic keyed by flow run id; state is read back
+from the `ledger` topic and folded with the engine's own `fold`/`evolve`. Reading
+one run never scans its partition: a run this client submitted is followed from
+the partition's end as it was just before the request, any other run starts from
+the facts the api's read model holds and the position they cover up to
+(`services/client/locate.py`), and only without an api is the partition read
+from offset 0. The client decides nothing: the ledger may refuse what it sends,
 and says so on the ledger (`TransitionRejected`). Non-Python producers write the
 same commands as plain JSON (docs/events.md); nothing here is needed to do so.
 """
@@ -26,6 +30,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +64,7 @@ from events import (
     encode,
 )
 from services.client.inspection import TaskRunView
+from services.client.locate import ApiReader, RunStart, local_start
 from services.kafka.clients import (
     make_consumer,
     make_producer,
@@ -93,6 +99,7 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("899bf199-0f8b-4b8e-bbcf-a4e70a5b1db4")
 the same key must give the same flow run id in every client, in every version."""
 
 _POLL_MS = 100  # getmany timeout; the fetch itself returns after settings.fetch_max_wait_ms
+_SUBMITTED_KEPT = 10_000  # start offsets of runs this client submitted, newest kept
 
 
 # ----- identities ------------------------------------------------------------------------
@@ -379,6 +386,13 @@ class Client:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: int | None = None
         self._result_store: FSResultStore | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+        self._submitted: OrderedDict[str, int] = OrderedDict()
+        self._api = ApiReader(self.settings)
+        self.records_read = 0
+        """Ledger records this client has fetched from Kafka (its own runs' and others')."""
+        self.last_start: RunStart | None = None
+        """Where the last read of one run started (which source, which offset)."""
         self.identity = WorkerIdentity(
             id=f"client-{uuid.uuid4().hex[:12]}", host=socket.gethostname(), pid=os.getpid()
         )
@@ -398,8 +412,12 @@ class Client:
     async def close(self) -> None:
         """Flush and disconnect."""
         producer, self._producer = self._producer, None
+        offsets, self._offsets = self._offsets, None
         if producer is not None:
             await producer.stop()
+        if offsets is not None:
+            await offsets.stop()
+        await self._api.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -464,6 +482,11 @@ class Client:
                 existing.flow_ref != flow_ref or existing.parameters != parameters
             ):
                 raise IdempotencyConflict(idempotency_key, flow_run_id)
+        else:
+            # A fresh id: nothing of this run can be on the ledger before its end now.
+            # (With a key, an earlier request may already have facts there: those
+            # runs are read like any other.)
+            await self._mark_start(flow_run_id)
         command = RunRequested(
             event_id=_command_id_for(flow_run_id, idempotency_key, flow_ref, parameters),
             flow_run_id=flow_run_id,
@@ -680,36 +703,108 @@ class Client:
             self._partitions = len(found)
         return self._partitions
 
+    async def _mark_start(self, flow_run_id: str) -> None:
+        """Remember the run's ledger partition end as it is before its request is sent.
+
+        Under exactly-once this is the last stable offset: every record after it
+        is read once its transaction commits, and the run's facts, written after
+        the request, can only come later.
+        """
+        topic = self.settings.topic("ledger")
+        tp = TopicPartition(topic, partition_for(flow_run_id, await self.ledger_partitions()))
+        self._submitted[flow_run_id] = await self._ledger_end(tp)
+        while len(self._submitted) > _SUBMITTED_KEPT:
+            self._submitted.popitem(last=False)
+
+    async def _ledger_end(self, tp: TopicPartition) -> int:
+        if self._offsets is None:
+            consumer = make_consumer(self.settings, group_id=None)
+            await consumer.start()
+            self._offsets = consumer
+        ends = await self._offsets.end_offsets([tp])
+        end: int = ends[tp]
+        return end
+
+    async def _locate(self, flow_run_id: str) -> RunStart:
+        """Where to read the run from: what is known of it, and the offset after that."""
+        partition = partition_for(flow_run_id, await self.ledger_partitions())
+        submitted = self._submitted.get(flow_run_id)
+        if submitted is not None:
+            return RunStart(partition, submitted, (), "submitted")
+        found = await self._api.start(flow_run_id)
+        if found is None:
+            found = local_start(self.settings, flow_run_id, partition)
+        if found is None:
+            log.info("no api or read model for %s: reading its partition from 0", flow_run_id)
+            return RunStart(partition, 0, (), "scan")
+        return found
+
     async def _events(
         self, flow_run_id: str | None, start: Start, *, stop_at_end: bool = False
     ) -> AsyncGenerator[Event | None, None]:
         """Ledger events, of one run or all. Yields None once positioned, then None
-        again each time it has caught up with the high watermark."""
+        again each time it has caught up with the partitions' visible end.
+
+        One run "from the beginning" starts where `_locate` says: its known facts
+        first, then its partition from the offset they cover up to.
+        """
         if flow_run_id is not None:
             check_flow_run_id(flow_run_id)  # a '/' would make task run lookups ambiguous
         topic = self.settings.topic("ledger")
+        located: RunStart | None = None
         if flow_run_id is None:
             found = await self.producer.partitions_for(topic)
             tps = [TopicPartition(topic, p) for p in sorted(found)]
         else:
+            if start == "beginning":
+                located = self.last_start = await self._locate(flow_run_id)
             partition = partition_for(flow_run_id, await self.ledger_partitions())
             tps = [TopicPartition(topic, partition)]
         key = None if flow_run_id is None else flow_run_id.encode()
+        if located is not None:
+            # Positioned already: the known facts need no broker (a finished run's
+            # wait or view may end before any consumer is made).
+            yield None
+            for known in located.events:
+                yield known
+            follow = self._follow(tps, key, stop_at_end, offset=located.offset)
+        else:
+            follow = self._follow(tps, key, stop_at_end, start=start)
+        try:
+            async for event in follow:
+                yield event
+        finally:
+            await follow.aclose()
+
+    async def _follow(
+        self,
+        tps: list[TopicPartition],
+        key: bytes | None,
+        stop_at_end: bool,
+        *,
+        offset: int | None = None,
+        start: Start = "beginning",
+    ) -> AsyncGenerator[Event | None, None]:
+        """The partitions' events (of `key`'s run) from `offset` or `start`; None markers."""
         consumer = make_consumer(self.settings, group_id=None)
         await consumer.start()
         try:
             consumer.assign(tps)
-            if start == "beginning":
+            if offset is not None:
+                consumer.seek(tps[0], offset)
+            elif start == "beginning":
                 await consumer.seek_to_beginning(*tps)
             else:
                 await consumer.seek_to_end(*tps)
                 await _drain_to_end(consumer, tps)
-            yield None
+            if offset is None:
+                yield None
             news = True  # anything read since the last "caught up" marker
             while True:
                 batches = await consumer.getmany(*tps, timeout_ms=_POLL_MS)
                 for tp, records in batches.items():
                     news = news or bool(records)
+                    self.records_read += len(records)
                     for record in records:
                         if key is not None and record.key != key:
                             continue

@@ -1,14 +1,21 @@
-"""The api role: an HTTP JSON read model over the ledger.
+"""The api role: an HTTP JSON read model over the ledger, kept on disk.
 
-It folds the whole `ledger` topic with the engine's `evolve` (the same fold the
-ledger and the client use) into one view per flow run, keeps tailing it, and
-serves the views:
+It folds the `ledger` topic with the engine's `evolve` (the same fold the ledger
+and the client use) into a SQLite read model (`services/readmodel/`): per flow
+run its ledger records and summary, per partition the offset folded so far. On
+start it resumes from those offsets, so a restart reads only the ledger's tail;
+a missing file, or one of another schema or engine version, is rebuilt from
+offset 0. Views are folded on demand from a run's own records and kept in a
+bounded cache. It serves:
 
-    GET /health                        200 once the initial fold caught up, 503 before
+    GET /health                        200 once the fold caught up, 503 before
     GET /metrics                       Prometheus text: runs by state, events folded, lag
+    GET /read_position                 the ledger offset folded so far, per partition
     GET /flow_runs[?state=S&limit=N]   flow runs, most recently changed first
     GET /flow_runs/{id}                one flow run, with its plan
     GET /flow_runs/{id}/task_runs      its task runs
+    GET /flow_runs/{id}/history        its ledger records (facts) in ledger order, and the
+                                       position of its partition they cover up to
     GET /task_runs/{id}                one task run (ids contain '/': FLOW/SLUG[/INDEX])
 
 Served with aiohttp directly (faust's own web server is built on it): the read
@@ -21,25 +28,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from engine.orchestration import FlowRunView, TaskRunRecord, evolve
-from events import Event, EventDecodeError, TaskRunTransitioned, decode
-from services.kafka.clients import make_consumer, topic_partitions, visible_end
+from engine.orchestration import FlowRunView
+from events import check_flow_run_id
+from services.kafka.clients import make_consumer, partition_for, topic_partitions, visible_end
 from services.kafka.topics import ensure_topics
+from services.readmodel.model import ReadModel
+from services.readmodel.shapes import flow_run_json, task_run_json
+from services.readmodel.store import StoreIdentity, open_store, remove_store, store_path
 from services.settings import Settings
 
 __all__ = [
     "ReadModel",
+    "checked_model",
     "flow_run_json",
     "make_app",
     "metrics_text",
+    "open_model",
     "run_api",
     "tail_ledger",
     "task_run_json",
@@ -47,150 +59,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-# ----- the read model --------------------------------------------------------------------
-
-
-@dataclass
-class ReadModel:
-    """Every flow run's view, folded from the ledger; counters kept as it folds.
-
-    State counts are maintained per event (old state -1, new state +1) so that a
-    scrape of /metrics costs nothing however many task runs there are.
-    """
-
-    views: dict[str, FlowRunView] = field(default_factory=dict)
-    flow_states: Counter[str] = field(default_factory=Counter)
-    task_states: Counter[str] = field(default_factory=Counter)
-    events_folded: int = 0
-    fold_errors: int = 0
-    undecodable: int = 0
-    caught_up: bool = False
-    lag: int = 0
-    """Ledger records not folded yet: high watermark minus position, summed."""
-
-    def apply(self, event: Event) -> None:
-        """Fold one ledger event (duplicates are skipped by `evolve`'s seq check)."""
-        old = self.views.get(event.flow_run_id) or FlowRunView(flow_run_id=event.flow_run_id)
-        try:
-            new = evolve(old, event)
-        except ValueError as exc:  # SequenceGap / ForeignEvent: report, keep going
-            self.fold_errors += 1
-            log.error("cannot fold ledger event %s: %s", event.event_id, exc)
-            return
-        self.views[event.flow_run_id] = new
-        self.events_folded += 1
-        _move(self.flow_states, old.flow_state_type, new.flow_state_type)
-        if isinstance(event, TaskRunTransitioned) and event.task_run_id is not None:
-            before = old.task_runs.get(event.task_run_id)
-            after = new.task_runs.get(event.task_run_id)
-            _move(
-                self.task_states,
-                before.state_type if before else None,
-                after.state_type if after else None,
-            )
-
-    def apply_record(self, value: bytes | None) -> None:
-        """Decode and fold one ledger record value."""
-        try:
-            event = decode(value or b"")
-        except EventDecodeError as exc:
-            self.undecodable += 1
-            log.error("undecodable ledger record: %s", exc)
-            return
-        self.apply(event)
-
-    def task_run(self, task_run_id: str) -> tuple[FlowRunView, TaskRunRecord] | None:
-        flow_run_id = task_run_id.partition("/")[0]
-        view = self.views.get(flow_run_id)
-        record = view.task_runs.get(task_run_id) if view is not None else None
-        if view is None or record is None:
-            return None
-        return view, record
-
-
 MODEL_KEY: web.AppKey[ReadModel] = web.AppKey("read_model", ReadModel)
 
 
-def _move(counts: Counter[str], old: str | None, new: str | None) -> None:
-    if old == new:
-        return
-    if old is not None:
-        counts[old] -= 1
-        if counts[old] <= 0:
-            del counts[old]
-    if new is not None:
-        counts[new] += 1
-
-
-# ----- JSON shapes -----------------------------------------------------------------------
-
-
-def task_run_json(record: TaskRunRecord, flow_run_id: str) -> dict[str, Any]:
-    """A task run as the API shows it (the state blob included)."""
-    return {
-        "id": record.task_run_id,
-        "flow_run_id": flow_run_id,
-        "task_slug": record.slug,
-        "map_index": record.map_index,
-        "seq": record.seq,
-        "state": record.state_type,
-        "message": record.state.get("message"),
-        "attempt": record.attempt,
-        "final": record.final,
-        "finished": record.rests_finished,
-        "last_heartbeat": record.last_heartbeat.isoformat() if record.last_heartbeat else None,
-        "state_blob": record.state,
-        "links": {"self": f"/task_runs/{record.task_run_id}"},
-    }
-
-
-def flow_run_json(view: FlowRunView, *, detail: bool = False) -> dict[str, Any]:
-    """A flow run summary; with `detail`, also its state blob and plan."""
-    index = view.index
-    states = Counter(r.state_type for r in view.task_runs.values())
-    body: dict[str, Any] = {
-        "id": view.flow_run_id,
-        "flow_name": index.plan.name if index else None,
-        "flow_version": index.plan.version if index else None,
-        "flow_ref": view.flow_ref.model_dump(mode="json", exclude_none=True)
-        if view.flow_ref
-        else None,
-        "parameters": view.parameters,
-        "idempotency_key": view.idempotency_key,
-        "state": view.flow_state_type,
-        "message": (view.flow_state or {}).get("message"),
-        "finished": view.is_finished(),
-        "task_runs": len(view.task_runs),
-        "task_run_states": dict(sorted(states.items())),
-        "unfinished_task_runs": view.unfinished_runs,
-        "scheduled": dict(view.scheduled),
-        "last_event_at": view.last_event_at.isoformat() if view.last_event_at else None,
-        "links": {
-            "self": f"/flow_runs/{view.flow_run_id}",
-            "task_runs": f"/flow_runs/{view.flow_run_id}/task_runs",
-        },
-    }
-    if detail:
-        body["context"] = view.context
-        body["state_blob"] = view.flow_state
-        body["plan"] = (
-            [
-                {
-                    "slug": t.slug,
-                    "name": t.name,
-                    "kind": t.kind,
-                    "upstream": [e.upstream for e in t.edges],
-                    "max_retries": t.max_retries,
-                    "retry_delay_s": t.retry_delay_s,
-                    "timeout_s": t.timeout_s,
-                }
-                for t in index.plan.tasks
-            ]
-            if index
-            else None
-        )
-    return body
+# ----- metrics ---------------------------------------------------------------------------
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str) -> None:
@@ -270,14 +142,20 @@ def _model(request: web.Request) -> ReadModel:
     return request.app[MODEL_KEY]
 
 
+def _positions(model: ReadModel) -> dict[str, int]:
+    return {str(p): o for p, o in sorted(model.store.positions().items())}
+
+
 async def health(request: web.Request) -> web.Response:
     model = _model(request)
     body = {
         "status": "ok" if model.caught_up else "starting",
         "caught_up": model.caught_up,
-        "flow_runs": len(model.views),
+        "flow_runs": model.store.run_count(),
         "events_folded": model.events_folded,
+        "records_read": model.records_read,
         "lag": model.lag,
+        "positions": _positions(model),
     }
     return web.json_response(body, status=200 if model.caught_up else 503)
 
@@ -288,20 +166,38 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def read_position(request: web.Request) -> web.Response:
+    """Where the read model is: every record before these offsets is folded and stored."""
+    model = _model(request)
+    body = {
+        "ledger_topic": model.ledger_topic,
+        "partitions": _positions(model),
+        "caught_up": model.caught_up,
+    }
+    return web.json_response(body)
+
+
 async def list_flow_runs(request: web.Request) -> web.Response:
     model = _model(request)
     state = request.query.get("state")
     limit_text = request.query.get("limit", "100")
     if not limit_text.isdigit() or int(limit_text) < 1:
         return _error(400, f"limit must be a positive integer, got {limit_text!r}")
-    views = [v for v in model.views.values() if state is None or v.flow_state_type == state]
-    views.sort(key=lambda v: (v.last_event_at is not None, v.last_event_at), reverse=True)
-    return web.json_response([flow_run_json(v) for v in views[: int(limit_text)]])
+    runs = model.store.runs(state=state, limit=int(limit_text))
+    return web.json_response([run.summary for run in runs])
+
+
+def _flow_run_id(request: web.Request) -> str:
+    flow_run_id = request.match_info["flow_run_id"]
+    try:
+        return check_flow_run_id(flow_run_id)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
 
 
 def _flow_view(request: web.Request) -> FlowRunView:
-    flow_run_id = request.match_info["flow_run_id"]
-    view = _model(request).views.get(flow_run_id)
+    flow_run_id = _flow_run_id(request)
+    view = _model(request).view(flow_run_id)
     if view is None:
         raise web.HTTPNotFound(reason=f"no flow run {flow_run_id!r}")
     return view
@@ -320,6 +216,37 @@ async def list_task_runs(request: web.Request) -> web.Response:
     return web.json_response([task_run_json(r, view.flow_run_id) for r in records])
 
 
+async def flow_run_history(request: web.Request) -> web.Response:
+    """The run's ledger records, in ledger order, and the position they cover up to.
+
+    ``{"flow_run_id", "ledger_topic", "partition", "position", "facts": [...]}``:
+    every record of the run before `position` of `partition` is in `facts` (each
+    as the ledger holds it, the events' JSON). A reader that wants what came
+    later reads the partition from `position` on. An unknown run is a 404 with
+    the same fields but `facts`, so that reader knows where to start too.
+    """
+    model = _model(request)
+    flow_run_id = _flow_run_id(request)
+    if model.ledger_partitions is None:
+        raise web.HTTPServiceUnavailable(reason="the api has not read the ledger's partitions yet")
+    history = model.store.history(flow_run_id)
+    partition = history.partition
+    if partition is None:
+        partition = partition_for(flow_run_id, model.ledger_partitions)
+    head = {
+        "flow_run_id": flow_run_id,
+        "ledger_topic": model.ledger_topic,
+        "partition": partition,
+        "position": history.positions.get(partition, 0),
+    }
+    if not history.values:
+        body = {**head, "error": f"no flow run {flow_run_id!r}", "status": 404}
+        return web.json_response(body, status=404)
+    # The records are JSON already: splice them in rather than decode and encode each.
+    text = json.dumps(head)[:-1].encode() + b', "facts": [' + b",".join(history.values) + b"]}"
+    return web.Response(body=text, content_type="application/json")
+
+
 async def get_task_run(request: web.Request) -> web.Response:
     task_run_id = request.match_info["task_run_id"]
     found = _model(request).task_run(task_run_id)
@@ -335,9 +262,11 @@ def make_app(model: ReadModel) -> web.Application:
     app[MODEL_KEY] = model
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/read_position", read_position)
     app.router.add_get("/flow_runs", list_flow_runs)
     app.router.add_get("/flow_runs/{flow_run_id}", get_flow_run)
     app.router.add_get("/flow_runs/{flow_run_id}/task_runs", list_task_runs)
+    app.router.add_get("/flow_runs/{flow_run_id}/history", flow_run_history)
     app.router.add_get("/task_runs/{task_run_id:.+}", get_task_run)
     return app
 
@@ -345,31 +274,84 @@ def make_app(model: ReadModel) -> web.Application:
 # ----- the role ----------------------------------------------------------------------------
 
 
+def open_model(settings: Settings) -> ReadModel:
+    """The api's read model in the data dir: resumed, or rebuilt when missing or outdated."""
+    identity = StoreIdentity(ledger_topic=settings.topic("ledger"))
+    store = open_store(store_path(settings.data_dir, settings.topic_prefix), identity)
+    model = ReadModel.open(store, settings.api_cache_task_runs)
+    model.ledger_topic = identity.ledger_topic
+    return model
+
+
+async def checked_model(settings: Settings) -> ReadModel:
+    """`open_model`, rebuilt if its positions are past the ledger's ends.
+
+    A position past a partition's end means the topic is not the one the file
+    was folded from (deleted and created again): its contents cannot be trusted.
+    """
+    model = open_model(settings)
+    stored = model.store.positions()
+    if not stored:
+        return model
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, settings.topic("ledger"))
+        ends = await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+    if all(stored.get(tp.partition, 0) <= ends[tp] for tp in tps):
+        return model
+    log.warning(
+        "read model %s is ahead of topic %s (was it created again?): rebuilding it",
+        model.store.path,
+        settings.topic("ledger"),
+    )
+    model.store.close()
+    if model.store.path is not None:
+        remove_store(model.store.path)
+    return open_model(settings)
+
+
 async def tail_ledger(settings: Settings, model: ReadModel, stop: asyncio.Event) -> None:
-    """Fold every partition of the ledger from offset 0, then keep folding until `stop`."""
+    """Fold the ledger from the model's stored positions (0 where none), until `stop`."""
     topic = settings.topic("ledger")
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        stored = model.store.positions()
+        for tp in tps:
+            consumer.seek(tp, stored.get(tp.partition, 0))
+        model.ledger_partitions = len(tps)
+        log.info("api folding %s from offsets %s", topic, stored or "0")
         while not stop.is_set():
-            batches = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    model.apply_record(record.value)
-            lag = 0
-            for tp in tps:
-                end = visible_end(consumer, tp)
-                position = await consumer.position(tp)
-                lag += max(0, (end if end is not None else position) - position)
-            model.lag = lag
-            # The fetch's end, not end_offsets(): the latter is wrong on Tansu.
-            if not model.caught_up and all(visible_end(consumer, tp) is not None for tp in tps):
-                model.caught_up = lag == 0
+            await _fold_batch(consumer, model, tps)
     finally:
         await consumer.stop()
+
+
+async def _fold_batch(
+    consumer: AIOKafkaConsumer, model: ReadModel, tps: list[TopicPartition]
+) -> None:
+    batches = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
+    # Positions first (awaiting), then fold and commit with no await in between: an
+    # HTTP read never sees records folded but not yet stored with their positions.
+    positions = {tp.partition: await consumer.position(tp) for tp in tps}
+    for tp, records in batches.items():
+        for record in records:
+            model.apply_record(record.value, (tp.partition, record.offset))
+    if batches or not model.caught_up:
+        model.commit(positions)
+    lag = 0
+    for tp in tps:
+        end, position = visible_end(consumer, tp), positions[tp.partition]
+        lag += max(0, (end if end is not None else position) - position)
+    model.lag = lag
+    # The fetch's end, not end_offsets(): the latter is wrong on Tansu.
+    if not model.caught_up and all(visible_end(consumer, tp) is not None for tp in tps):
+        model.caught_up = lag == 0
 
 
 async def run_api(
@@ -383,8 +365,9 @@ async def run_api(
     `on_ready` gets the server's URL once it listens.
     """
     await ensure_topics(settings)
-    model = ReadModel()
-    runner = web.AppRunner(make_app(model), access_log=None)
+    model = await checked_model(settings)
+    app = make_app(model)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host=settings.web_host, port=settings.web_port)
     await site.start()
@@ -392,14 +375,16 @@ async def run_api(
     log.info("api listening on %s", url)
     if on_ready is not None:
         on_ready(url)
-    tail = asyncio.create_task(tail_ledger(settings, model, stop), name="api-ledger-tail")
+
+    task = asyncio.create_task(tail_ledger(settings, model, stop), name="api-ledger-tail")
     try:
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({tail, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        if tail in done:
-            tail.result()  # the tail died: raise its error
+        if task in done:
+            task.result()  # the tail died: raise its error
     finally:
-        tail.cancel()
-        await asyncio.gather(tail, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
+        model.store.close()

@@ -53,6 +53,8 @@ def _environment(settings: Settings) -> dict[str, str]:
         RUNLEDGER_APP_ID=settings.app_id,
         RUNLEDGER_DATA_DIR=str(settings.data_dir),
         RUNLEDGER_FETCH_MAX_WAIT_MS=str(settings.fetch_max_wait_ms),
+        RUNLEDGER_WEB_PORT=str(settings.web_port),
+        RUNLEDGER_API_URL=settings.api_url,
         COLUMNS="160",
     )
     return env

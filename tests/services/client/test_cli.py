@@ -282,3 +282,18 @@ def test_output_to_a_closed_pipe_ends_quietly_with_128_plus_sigpipe(
     with open(write_end, "w") as closed_pipe:
         monkeypatch.setattr(sys, "stdout", closed_pipe)
         assert main(["config"]) == 141
+
+
+def test_verify_without_a_read_model_says_where_it_looked_and_exits_1(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nothing.sqlite3"
+    assert main(["verify", "--read-model", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no read model of runledger.ledger (this engine and schema version) at {missing}" in err
+
+
+def test_verify_refuses_a_negative_offset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "expected an offset (0 or more), got -1" in _usage_error(
+        capsys, ["verify", "--from-offset", "-1"]
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import SecretStr
 from rich.console import Console
@@ -112,8 +113,14 @@ def _client() -> tuple[Client, RecordingProducer]:
     client = Client(Settings(topic_prefix="unit."))
     producer = RecordingProducer()
     client._producer = producer  # no broker: the client only needs send_and_wait here
+    client._partitions = 4
     client.view = _no_run  # type: ignore[method-assign]  # nothing on the ledger yet
+    client._ledger_end = _empty_ledger  # type: ignore[method-assign]
     return client, producer
+
+
+async def _empty_ledger(tp: TopicPartition) -> int:
+    return 0
 
 
 async def _no_run(flow_run_id: str, *, as_of: datetime | None = None) -> FlowRunView:

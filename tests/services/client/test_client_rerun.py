@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from engine import Flow, Parameter, task
 from engine.clock import FixedClock
@@ -99,7 +100,12 @@ def client_seeing(view: FlowRunView) -> tuple[Client, RecordingProducer]:
     async def fake_view(flow_run_id: str, **_: Any) -> FlowRunView:
         return view
 
+    async def empty_ledger(tp: TopicPartition) -> int:
+        return 0
+
     client.view = fake_view  # type: ignore[method-assign]
+    client._partitions = 4
+    client._ledger_end = empty_ledger  # type: ignore[method-assign]
     return client, producer
 
 

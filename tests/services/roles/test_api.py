@@ -13,7 +13,11 @@ from engine.flow_runner import FlowRunner, RunOutcome
 from events import encode
 from examples.etl import flow as etl_flow
 from examples.failing import flow as failing_flow
+from services.readmodel.cache import ViewCache
+from services.readmodel.store import StoreIdentity, open_store
 from services.roles.api import ReadModel, make_app, metrics_text
+
+PARTITIONS = 2
 
 
 @functools.cache
@@ -24,11 +28,22 @@ def _runs() -> tuple[RunOutcome, RunOutcome]:
     )
 
 
-def _model() -> ReadModel:
-    model = ReadModel()
-    for outcome in _runs():
-        for event in outcome.events:
-            model.apply_record(encode(event))  # as read from the topic: bytes
+def _empty_model(cache_task_runs: int = 10_000) -> ReadModel:
+    store = open_store(None, StoreIdentity(ledger_topic="unit.ledger"))
+    model = ReadModel(store=store, cache=ViewCache(cache_task_runs), ledger_topic="unit.ledger")
+    model.ledger_partitions = PARTITIONS
+    return model
+
+
+def _model(cache_task_runs: int = 10_000) -> ReadModel:
+    """The two runs' ledgers as records of partitions 0 and 1, one batch per run."""
+    model = _empty_model(cache_task_runs)
+    positions = {0: 0, 1: 0}
+    for partition, outcome in enumerate(_runs()):
+        for offset, event in enumerate(outcome.events):
+            model.apply_record(encode(event), (partition, offset))  # as read from the topic
+        positions[partition] = len(outcome.events)
+        model.commit(positions)
     model.caught_up = True
     return model
 
@@ -46,17 +61,19 @@ async def http() -> AsyncIterator[TestClient[Any, Any]]:
 def test_the_read_model_equals_the_runners_own_views() -> None:
     model = _model()
     for outcome in _runs():
-        assert model.views[outcome.flow_run_id] == outcome.view
+        assert model.view(outcome.flow_run_id) == outcome.view
     assert model.events_folded == sum(len(o.events) for o in _runs())
 
 
 def test_folding_a_ledger_twice_changes_nothing() -> None:
     model = _model()
-    before = (dict(model.views), dict(model.task_states), dict(model.flow_states))
+    ids = [outcome.flow_run_id for outcome in _runs()]
+    before = ([model.view(i) for i in ids], dict(model.task_states), dict(model.flow_states))
     for outcome in _runs():
         for event in outcome.events:
             model.apply(event)  # at-least-once delivery: every event again
-    assert (dict(model.views), dict(model.task_states), dict(model.flow_states)) == before
+    after = ([model.view(i) for i in ids], dict(model.task_states), dict(model.flow_states))
+    assert after == before
 
 
 def test_state_counts_are_kept_while_folding() -> None:
@@ -70,14 +87,14 @@ def test_state_counts_are_kept_while_folding() -> None:
 
 
 def test_undecodable_records_are_counted_not_fatal() -> None:
-    model = ReadModel()
-    model.apply_record(b"not json")
+    model = _empty_model()
+    model.apply_record(b"not json", (0, 0))
     assert (model.undecodable, model.events_folded) == (1, 0)
     assert "runledger_fold_errors_total 1" in metrics_text(model)
 
 
 async def test_health_is_503_until_the_fold_caught_up() -> None:
-    model = ReadModel()
+    model = _empty_model()
     client = TestClient(TestServer(make_app(model)))
     await client.start_server()
     try:
@@ -173,3 +190,53 @@ async def test_metrics_are_prometheus_text(http: TestClient[Any, Any]) -> None:
     assert "# TYPE runledger_events_folded_total counter" in text
     assert int(samples['python_gc_collections_total{generation="2"}']) >= 0
     assert int(samples["runledger_gc_frozen_objects"]) >= 0
+
+
+async def test_a_runs_history_is_its_ledger_records_in_order_with_the_position_they_cover(
+    http: TestClient[Any, Any],
+) -> None:
+    etl = _runs()[0]
+    response = await http.get(f"/flow_runs/{etl.flow_run_id}/history")
+    assert response.status == 200
+    body = await response.json()
+    assert (body["partition"], body["position"]) == (0, len(etl.events))
+    assert body["ledger_topic"] == "unit.ledger"
+    assert [fact["event_id"] for fact in body["facts"]] == [e.event_id for e in etl.events]
+
+
+async def test_an_unknown_runs_history_is_404_and_still_says_where_to_read_from(
+    http: TestClient[Any, Any],
+) -> None:
+    response = await http.get("/flow_runs/no-such-run/history")
+    assert response.status == 404
+    body = await response.json()
+    assert body["error"] == "no flow run 'no-such-run'"
+    assert body["partition"] in range(PARTITIONS)
+    assert body["position"] == [len(o.events) for o in _runs()][body["partition"]]
+    assert "facts" not in body
+
+
+async def test_a_malformed_flow_run_id_is_a_400_saying_why(http: TestClient[Any, Any]) -> None:
+    response = await http.get("/flow_runs/has%20space/history")
+    assert response.status == 400
+    assert "is not a flow run id" in (await response.json())["error"]
+
+
+async def test_the_read_position_is_what_was_committed(http: TestClient[Any, Any]) -> None:
+    body = await (await http.get("/read_position")).json()
+    assert body["partitions"] == {str(p): len(o.events) for p, o in enumerate(_runs())}
+    assert body["caught_up"] is True
+
+
+async def test_views_evicted_from_a_small_cache_are_served_folded_from_the_store() -> None:
+    model = _model(cache_task_runs=1)  # room for one view: the other is always on disk only
+    client = TestClient(TestServer(make_app(model)))
+    await client.start_server()
+    try:
+        for outcome in _runs():
+            body = await (await client.get(f"/flow_runs/{outcome.flow_run_id}")).json()
+            assert body["state"] == outcome.view.flow_state_type
+            assert body["task_runs"] == len(outcome.view.task_runs)
+            assert len(model.cache) == 1
+    finally:
+        await client.close()
