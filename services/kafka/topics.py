@@ -31,6 +31,7 @@ __all__ = [
     "TopicSpec",
     "ensure_topics",
     "reconcile_topics",
+    "until_led",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ async def reconcile_topics(
     existing = [spec for spec in TOPICS if settings.topic(spec.name) in counts]
     if missing:
         await _create_topics(admin, settings, missing, counts, timeout_s)
-        await _until_led(admin, [settings.topic(spec.name) for spec in missing], timeout_s)
+        await until_led(admin, [settings.topic(spec.name) for spec in missing], timeout_s)
     if existing and correct_configs:
         await _correct_configs(admin, settings, existing)
 
@@ -274,7 +275,7 @@ async def _create_topics(
         log.info("created topic %s", topic)
 
 
-async def _until_led(admin: TopicAdmin, topics: list[str], timeout_s: float) -> None:
+async def until_led(admin: TopicAdmin, topics: list[str], timeout_s: float) -> None:
     """Return once every partition of *topics* has a leader in the broker's metadata.
 
     Apache Kafka answers CreateTopics once the controller has the topics; the

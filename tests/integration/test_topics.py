@@ -18,7 +18,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from services.kafka.topics import TOPICS, PartitionMismatchError, ensure_topics
+from services.kafka.topics import TOPICS, PartitionMismatchError, ensure_topics, until_led
 from services.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,8 @@ async def _create_by_hand(
                 for name, count in topics.items()
             ]
         )
+        # Visible to the next admin call only once the broker's metadata has them.
+        await until_led(admin, list(topics), timeout_s=30)
     finally:
         await admin.close()
 
