@@ -175,15 +175,15 @@ class TaskRunner:
         except Exception as exc:
             if self.context.get("raise_on_exception"):
                 raise
-            # Prefect's message, word for word; the context names the handler.
-            named = {"state_handler": handler_name(self._handler)} if self._handler else None
-            raise signals.ENDRUN(
-                Failed(
-                    f"Unexpected error while calling state handlers: {exc!r}",
-                    result=exc,
-                    context=named,
-                )
-            ) from exc
+            # Prefect's message, then whose code failed (a deliberate addition: in the
+            # services the run ends far from the code, tests/golden/README.md).
+            message = f"Unexpected error while calling state handlers: {exc!r}"
+            named = None
+            if self._handler is not None:
+                name = handler_name(self._handler)
+                message += f" (state handler {name})"
+                named = {"state_handler": name}
+            raise signals.ENDRUN(Failed(message, result=exc, context=named)) from exc
         self._record(new_state)
         return new_state
 

@@ -41,7 +41,7 @@ from engine.state import (
     ValidationFailed,
 )
 from engine.task import FunctionTask, Task, task
-from engine.task_runner import TaskRunner
+from engine.task_runner import TaskRunner, handler_name
 
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 PAST = NOW - timedelta(minutes=1)
@@ -977,7 +977,8 @@ def test_handle_state_change_turns_another_signal_into_its_state_and_stops_the_c
 
 
 def test_handle_state_change_ends_the_run_in_failed_when_a_handler_crashes() -> None:
-    """Another exception: ENDRUN(Failed("Unexpected error while calling state handlers: ..."))."""
+    """Another exception: ENDRUN(Failed("Unexpected error while calling state handlers: ..."))
+    with Prefect's message, then the name of the handler that raised."""
     boom = RuntimeError("handler bug")
 
     def crash(r: TaskRunner, old: State, new: State) -> None:
@@ -987,9 +988,11 @@ def test_handle_state_change_ends_the_run_in_failed_when_a_handler_crashes() -> 
     failed = ends_with(lambda: runner.handle_state_change(Pending(), Running()))
     assert type(failed) is Failed
     assert failed.message == (
-        "Unexpected error while calling state handlers: RuntimeError('handler bug')"
+        "Unexpected error while calling state handlers: RuntimeError('handler bug') "
+        f"(state handler {handler_name(crash)})"
     )
     assert failed.result is boom
+    assert failed.context["state_handler"] == handler_name(crash)
 
 
 # ----- run: whole pipeline -----------------------------------------------------------------------
@@ -1182,9 +1185,9 @@ def test_run_fails_unannounced_when_a_handler_crashes_but_still_records_it() -> 
     log = Log()
     final = make_runner(returns(1), log, handlers=[crash]).run()
     assert type(final) is Failed
-    assert (
-        final.message
-        == "Unexpected error while calling state handlers: RuntimeError('bad handler')"
+    assert final.message == (
+        "Unexpected error while calling state handlers: RuntimeError('bad handler') "
+        f"(state handler {handler_name(crash)})"
     )
     assert announced == [("Pending", "Running"), ("Running", "Success")]
     assert log.recorded_names() == ["Running", "Failed"]
@@ -1528,9 +1531,9 @@ def test_a_handler_crashing_on_retrying_ends_the_run_failed_without_a_retry() ->
     )
     final = make_runner(t, log).run()
     assert type(final) is Failed
-    assert (
-        final.message
-        == "Unexpected error while calling state handlers: RuntimeError('handler broke')"
+    assert final.message == (
+        "Unexpected error while calling state handlers: RuntimeError('handler broke') "
+        f"(state handler {handler_name(crash_on_retrying)})"
     )
     assert log.recorded_names() == ["Running", "Failed", "Failed"]
 

@@ -881,6 +881,7 @@ def state_handler_chain(workdir: Path) -> Scenario:
         make_flow,
         runs=(RunSpec(task_runner_state_handlers=(runner_level,)),),
         extras=lambda: {"handler_call_log": list(log)},
+        deliberately=_named_task_handler_failure(crash_on_running),
     )
 
 
@@ -945,7 +946,42 @@ def task_handler_raises_after_body(workdir: Path) -> Scenario:
         "task_handler_raises_after_body",
         make_flow,
         extras=lambda: {"later_handler_calls": dict(sorted(later_calls.items()))},
+        # The three crash_when handlers are one function (one name) made three times.
+        deliberately=_named_task_handler_failure(specs[0][2]),
     )
+
+
+def _named_task_handler_failure(
+    handler: Handler,
+) -> Callable[[dict[str, JSON]], dict[str, JSON]]:
+    """Deliberate difference: a crashing task handler's Failed message names the handler,
+    wherever the recording shows that message (final states, sequences, transitions)."""
+    from engine.task_runner import handler_name
+
+    suffix = f" (state handler {handler_name(handler)})"
+
+    def named(node: JSON) -> JSON:
+        if isinstance(node, dict):
+            return {
+                key: (
+                    value + suffix
+                    if key == "message"
+                    and isinstance(value, str)
+                    and value.startswith("Unexpected error while calling state handlers")
+                    else named(value)
+                )
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [named(item) for item in node]
+        return node
+
+    def adjust(golden: dict[str, JSON]) -> dict[str, JSON]:
+        adjusted = named(golden)
+        assert isinstance(adjusted, dict)
+        return adjusted
+
+    return adjust
 
 
 def _named_handler_failure(handler: Handler) -> Callable[[dict[str, JSON]], dict[str, JSON]]:
