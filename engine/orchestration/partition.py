@@ -99,6 +99,14 @@ class PartitionState:
     views: dict[str, FlowRunView] = field(default_factory=dict)
     retired: dict[str, RetiredRun] = field(default_factory=dict)
     recent: RecentCommands = field(init=False)
+    pending: tuple[str, str | None] | None = None
+    """(flow run, command) of the last fact folded, whose command may have more facts.
+
+    A run retires only once a command is complete: a command's first facts can
+    finish a flow run that its later facts give task runs again (a flow state
+    handler failing the run as it starts). The ledger keeps state at command
+    boundaries; a fold decides a retirement when the next command's facts begin
+    (or at `settle`)."""
 
     def __post_init__(self) -> None:
         self.recent = RecentCommands(self.window)
@@ -107,6 +115,9 @@ class PartitionState:
         """Fold one fact of this partition (in ledger order)."""
         flow_run_id = event.flow_run_id
         command_id = event.cause.command_id
+        pair = (flow_run_id, command_id)
+        if self.pending is not None and (self.pending != pair or command_id is None):
+            self.settle()
         if command_id is not None:
             self.recent.note(flow_run_id, command_id)
         if flow_run_id in self.retired:
@@ -114,7 +125,16 @@ class PartitionState:
             # answers a retired run with nothing else, and they change no state.
             return
         view = self.views.get(flow_run_id) or FlowRunView(flow_run_id=flow_run_id)
-        self._keep(evolve(view, event))
+        self.views[flow_run_id] = evolve(view, event)
+        self.pending = pair
+
+    def settle(self) -> None:
+        """The last command folded is complete: retire its run if it has come to rest."""
+        if self.pending is not None:
+            view = self.views.get(self.pending[0])
+            self.pending = None
+            if view is not None:
+                self._keep(view)
 
     def keep(self, view: FlowRunView, facts: Iterable[Event]) -> None:
         """What the ledger does after deciding: the same as folding `facts` one by one.
@@ -127,6 +147,7 @@ class PartitionState:
             command_id = fact.cause.command_id
             if command_id is not None:
                 self.recent.note(flow_run_id, command_id)
+        self.settle()
         if flow_run_id not in self.retired:
             self._keep(view)
 
@@ -151,8 +172,16 @@ class PartitionState:
         return retired.as_view((command_id,) if seen else ())
 
 
-def fold_into(state: PartitionState, events: Iterable[Event]) -> PartitionState:
-    """Fold `events` (one partition's facts, in ledger order) into `state`; returns it."""
+def fold_into(
+    state: PartitionState, events: Iterable[Event], *, complete: bool = True
+) -> PartitionState:
+    """Fold `events` (one partition's facts, in ledger order) into `state`; returns it.
+
+    `complete`: the last command's facts are all there (a read to a partition's
+    end, where a command's facts never break off), so `settle` it.
+    """
     for event in events:
         state.fold(event)
+    if complete:
+        state.settle()
     return state

@@ -39,7 +39,14 @@ def state_to_doc(state: PartitionState) -> Doc:
         [r.flow_run_id, r.request, r.idempotency_key, r.flow_state_type, r.flow_seq]
         for r in state.retired.values()
     ]
-    return {"plans": plans, "views": views, "retired": retired, "recent": state.recent.keys()}
+    pending = list(state.pending) if state.pending is not None else None
+    return {
+        "plans": plans,
+        "views": views,
+        "retired": retired,
+        "recent": state.recent.keys(),
+        "pending": pending,
+    }
 
 
 def state_from_doc(doc: Doc, window: int) -> PartitionState:
@@ -59,6 +66,9 @@ def state_from_doc(doc: Doc, window: int) -> PartitionState:
         for flow_run_id, request, key, state_type, seq in doc["retired"]:
             state.retired[flow_run_id] = RetiredRun(flow_run_id, request, key, state_type, int(seq))
         state.recent = RecentCommands(window, (int(k) for k in doc["recent"]))
+        if doc["pending"] is not None:
+            flow_run_id, command_id = doc["pending"]
+            state.pending = (str(flow_run_id), command_id)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SnapshotFormatError(f"not a partition state: {exc!r}") from exc
     return state

@@ -82,7 +82,8 @@ def test_a_snapshot_at_any_cut_plus_the_tail_folds_to_the_fold_from_offset_0(
 ) -> None:
     cut = data.draw(st.integers(0, len(events)), label="cut")
     whole = fold_into(PartitionState(window=WINDOW), events)
-    snapshot = through_json(fold_into(PartitionState(window=WINDOW), events[:cut]))
+    prefix = fold_into(PartitionState(window=WINDOW), events[:cut], complete=False)
+    snapshot = through_json(prefix)
     assert fold_into(snapshot, events[cut:]) == whole
 
 
@@ -172,3 +173,40 @@ def test_the_command_window_forgets_the_oldest_commands_beyond_its_capacity() ->
 def test_a_snapshot_body_that_is_not_a_partition_state_is_refused() -> None:
     with pytest.raises(SnapshotFormatError, match="not a partition state"):
         state_from_doc({"plans": {}, "views": [{"id": "x"}], "retired": [], "recent": []}, 8)
+
+
+@MACHINE
+@given(DRAWS)
+def test_keeping_each_decision_live_equals_folding_the_facts_it_wrote(draws: list[Draw]) -> None:
+    """What the ledger keeps as it decides (`keep`) is what a rebuild folds from its facts."""
+    live = PartitionState(window=WINDOW)
+    machine = Machine()
+    live.keep(machine.view, machine_start())
+    facts = machine_start()
+    for draw in [*draws, (6, 0, 0, 0, 0, 0, True)]:  # a cancel at the end retires most
+        command = machine.command(draw, proposals_only=False)
+        view = live.view_for(FR, command.event_id)
+        assert view is not None
+        decided, events = decide_and_evolve(view, command, machine.now)
+        live.keep(decided, events)
+        facts.extend(events)
+        machine.view = live.views.get(FR, machine.view)
+    assert live == fold_into(PartitionState(window=WINDOW), facts)
+
+
+def test_a_run_whose_first_facts_finish_it_retires_only_once_its_command_is_complete() -> None:
+    """A flow state handler that fails the run as it starts: its task runs come after."""
+    request = RunRequested(
+        event_id="run", flow_run_id=FR, occurred_at=NOW, flow_ref=REF, plan=MACHINE_PLAN
+    )
+    failed = {"type": "Failed", "message": "a handler raised"}
+    view, facts = decide_and_evolve(
+        FlowRunView(flow_run_id=FR), request, NOW, flow_verdicts={2: failed}
+    )
+    assert view.flow_state_type == "Failed"
+    assert view.unfinished_runs
+    live = PartitionState(window=WINDOW)
+    live.keep(view, facts)
+    folded = fold_into(PartitionState(window=WINDOW), facts)
+    assert folded == live
+    assert list(folded.views) == [FR]
