@@ -26,7 +26,7 @@ from engine.flow_handlers import FLOW_HANDLER_TIMEOUT_S
 
 __all__ = ["EmbeddedBrokerKind", "ProcessingGuarantee", "SecurityProtocol", "Settings", "TopicName"]
 
-TopicName = Literal["commands", "ledger", "work", "deadletter"]
+TopicName = Literal["commands", "ledger", "work", "deadletter", "snapshots"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
 ProcessingGuarantee = Literal["exactly_once", "at_least_once"]
@@ -198,6 +198,21 @@ class Settings(BaseSettings):
     """Exactly-once only: a ledger transaction open longer than this is aborted by the
     broker (a ledger that died while no other took its partitions); the longest one
     batch may take to write."""
+
+    ledger_snapshot_every_events: int = Field(default=20_000, ge=0)
+    """The ledger writes a snapshot of a partition's state (to the `snapshots` topic)
+    once this many facts were written to it since the last one; 0: never. A restart
+    folds at most about this many facts per partition after loading the snapshot."""
+
+    ledger_snapshot_every_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    """...or once this many seconds passed since the last snapshot of a partition that
+    has new facts (a quiet partition is not snapshotted again)."""
+
+    ledger_command_window: int = Field(default=20_000, ge=1)
+    """Distinct commands per ledger partition, most recent first, by which a repeated
+    command for a finished (retired) flow run is recognised and ignored; an older
+    repeat is refused instead ("flow run ... is already ..."). About 80 bytes each.
+    Changing it makes existing snapshots unusable once (they record the window)."""
 
     app_id: str = Field(default="runledger", min_length=1)
     """Application id: faust app id, consumer-group and client-id prefix."""

@@ -23,6 +23,7 @@ from engine.orchestration.dispatch import (
     work_item,
 )
 from engine.orchestration.evolve import apply_in_place, apply_state_change, copy_view
+from engine.orchestration.retired import request_digest
 from engine.orchestration.reuse import is_reusable
 from engine.orchestration.rules import (
     FAILED,
@@ -300,7 +301,10 @@ def _run_requested(d: _Decision) -> None:
 
 def _request_conflict(view: FlowRunView, command: RunRequested) -> str | None:
     """Why a request for an existing run id cannot be that run (a reused idempotency key)."""
-    if command.flow_ref == view.flow_ref and command.parameters == view.parameters:
+    if view.retired_request is not None:  # a retired run keeps only their digest
+        if request_digest(command.flow_ref, command.parameters) == view.retired_request:
+            return None
+    elif command.flow_ref == view.flow_ref and command.parameters == view.parameters:
         return None
     key = f" (idempotency key {view.idempotency_key!r})" if view.idempotency_key else ""
     return (
@@ -336,17 +340,18 @@ def _transition_proposed(d: _Decision) -> None:
     record = d.view.task_runs.get(command.task_run_id)
     state: Any = command.state  # validated below: decide never trusts a proposal
     new_type = state.get("type") if isinstance(state, dict) else None
-    if record is None:
-        d.reject(f"unknown task run {command.task_run_id}", command.task_run_id, command.state)
-        return
-    if record.state_type == "Cancelling":
+    if record is not None and record.state_type == "Cancelling":
         d.move(record, record.slug, record.map_index, blobs.TASK_CANCELLED)
         _finish_flow_if_done(d)
         return
+    if record is None and not d.view.is_finished():
+        d.reject(f"unknown task run {command.task_run_id}", command.task_run_id, command.state)
+        return
     problem = _proposal_problem(d.view, record, command, new_type)
     if problem is not None:
-        d.reject(problem, record.task_run_id, command.state)
+        d.reject(problem, command.task_run_id, command.state)
         return
+    assert record is not None
     d.move(
         record,
         record.slug,
@@ -360,10 +365,16 @@ def _transition_proposed(d: _Decision) -> None:
 
 
 def _proposal_problem(
-    view: FlowRunView, record: TaskRunRecord, command: TransitionProposed, new_type: str | None
+    view: FlowRunView,
+    record: TaskRunRecord | None,
+    command: TransitionProposed,
+    new_type: str | None,
 ) -> str | None:
+    # A finished flow run refuses every proposal for the same reason, whether or
+    # not it knows the task run: a retired run's stand-in knows none of them.
     if view.is_finished():
         return f"flow run {view.flow_run_id} is already {view.flow_state_type}"
+    assert record is not None  # unknown task runs of unfinished flows are refused before
     if command.expected_seq != record.seq:
         return (
             f"stale proposal: it expected seq {command.expected_seq} but task run "
@@ -561,6 +572,16 @@ def _set_state_requested(d: _Decision) -> None:
             )
         else:
             d.move_flow(command.state)
+        return
+    if d.view.is_finished():
+        # A finished flow run is closed: nothing would dispatch a task run set by
+        # hand, and a retired run no longer holds its task runs to set.
+        d.reject(
+            f"flow run {d.view.flow_run_id} is already {d.view.flow_state_type}; "
+            "its task runs can no longer be set (re-run it instead)",
+            command.task_run_id,
+            command.state,
+        )
         return
     record = d.view.task_runs.get(command.task_run_id)
     if record is None or not allowed_manually(record.state_type, new_type):

@@ -106,6 +106,9 @@ class FlowRunView:
     running: immutables.Map[str, None] = EMPTY_MAP
     processed_commands: immutables.Map[str, None] = EMPTY_MAP
     last_event_at: datetime | None = None
+    retired_request: str | None = None
+    """Set only on the stand-in view of a retired run (`engine.orchestration.retired`):
+    the digest its flow and parameters are compared by, since it keeps neither."""
 
     @property
     def created(self) -> bool:

@@ -85,6 +85,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         config=_frozen({"cleanup.policy": "delete", "retention.ms": str(SEVEN_DAYS_MS)}),
     ),
     TopicSpec(
+        name="snapshots",
+        key="<ledger partition>/<snapshot id>/<chunk or m>",
+        description="Snapshots of the ledger's state per ledger partition (derived data, "
+        "never the truth): chunks and a manifest; old ones are tombstoned and compacted away.",
+        config=_frozen({"cleanup.policy": "compact", "retention.ms": str(RETENTION_FOREVER_MS)}),
+    ),
+    TopicSpec(
         name="deadletter",
         key="original record key",
         description="Inputs that were rejected (undecodable, not allowed), with the reason.",

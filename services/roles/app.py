@@ -323,8 +323,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dump-views",
         type=Path,
         default=None,
-        help="on exit, pickle the ledger's live views to this file (tests compare them "
-        "with a fold of the ledger topic)",
+        help="on exit, pickle the ledger's state per owned partition (live views, retired "
+        "runs, recent commands) to this file (tests compare it with a fold of the ledger topic)",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -347,7 +347,10 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
         await run_roles(settings, roles, stop, on_started=started, worker_name=args.name)
     finally:
         if args.dump_views is not None and holder and holder[0].ledger is not None:
-            args.dump_views.write_bytes(pickle.dumps(dict(holder[0].ledger.views)))
+            ledger = holder[0].ledger
+            states = {p: ledger.state_of(p) for p in sorted(ledger.owned)}
+            stats = {"snapshots_loaded": ledger.stats.snapshots_loaded}
+            args.dump_views.write_bytes(pickle.dumps({"states": states, "stats": stats}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

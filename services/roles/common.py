@@ -29,12 +29,15 @@ __all__ = [
     "HEADER_COMMAND",
     "HEADER_PARTITION",
     "HEADER_WRITER",
+    "BatchEnd",
     "CommitPipeline",
     "Outgoing",
+    "batch_end",
     "header",
     "partition_of",
     "role_identity",
     "send_records",
+    "send_records_tracked",
     "spread",
 ]
 
@@ -91,7 +94,8 @@ class Outgoing:
     topic: str
     partition: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None is a tombstone (compacted topics: the key's earlier values go)."""
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -103,12 +107,27 @@ async def send_records(
     Order within a partition is kept: batches of one partition are queued in
     order, and aiokafka keeps one batch per partition in flight.
     """
+    futures, _ = await send_records_tracked(producer, records)
+    return futures
+
+
+BatchEnd = tuple[asyncio.Future[Any], int]
+"""The future of a partition's last batch (its RecordMetadata holds the batch's first
+offset) and how many records that batch holds: the offset after the last record."""
+
+
+async def send_records_tracked(
+    producer: AIOKafkaProducer, records: Iterable[Outgoing]
+) -> tuple[list[asyncio.Future[Any]], dict[tuple[str, int], BatchEnd]]:
+    """`send_records`, also giving each (topic, partition)'s last batch and its size."""
     groups: dict[tuple[str, int], list[Outgoing]] = {}
     for record in records:
         groups.setdefault((record.topic, record.partition), []).append(record)
     futures: list[asyncio.Future[Any]] = []
+    ends: dict[tuple[str, int], BatchEnd] = {}
     for (topic, partition), group in groups.items():
         batch = producer.create_batch()
+        count = 0
         for record in group:
             appended = batch.append(
                 timestamp=None, key=record.key, value=record.value, headers=record.headers
@@ -116,16 +135,26 @@ async def send_records(
             if appended is None:  # full: ship it and start the next one
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
+                count = 0
                 if batch.append(
                     timestamp=None, key=record.key, value=record.value, headers=record.headers
                 ) is None:
+                    size = len(record.value or b"")
                     raise ValueError(
-                        f"a record of {len(record.value)} bytes for {topic} does not fit "
+                        f"a record of {size} bytes for {topic} does not fit "
                         "in one producer batch (max_batch_size)"
                     )
+            count += 1
         if batch.record_count():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
+            ends[(topic, partition)] = (futures[-1], count)
+    return futures, ends
+
+
+def batch_end(end: BatchEnd) -> int:
+    """The offset after the last record of an acknowledged batch (see `BatchEnd`)."""
+    future, count = end
+    return int(future.result().offset) + count
 
 
 class CommitPipeline:

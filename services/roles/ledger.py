@@ -3,10 +3,13 @@
 One loop, plain aiokafka (faust hosts it; see docs/architecture.md for why the
 hot loop is not a faust agent):
 
-1. On every partition assignment, fold the assigned partitions of the `ledger`
-   topic from offset 0 to the fetch high-watermark into views, before deciding
-   anything. The ledger topic is the only copy of state that counts; nothing is
-   kept in a faust Table (BROKER_NOTES.md: a changelog lost an update).
+1. On every partition assignment, load the newest readable snapshot of each
+   assigned partition (`services.roles.snapshots`) and fold the `ledger` facts
+   after it to the partition's visible end, before deciding anything (no usable
+   snapshot: fold from offset 0). The ledger topic is the only copy of state that
+   counts; snapshots are derived from it, and nothing is kept in a faust Table
+   (BROKER_NOTES.md: a changelog lost an update). A finished flow run leaves its
+   partition's live views for a small retired record (`engine.orchestration.retired`).
 2. Per batch of commands (`getmany`): decode (bad records go to the dead-letter
    topic with the reason), give a plan-less RunRequested its plan (the flow is
    loaded through `services.roles.codeload`), `decide_and_evolve` (a flow-run
@@ -21,6 +24,11 @@ hot loop is not a faust agent):
 3. Between batches the scheduler issues `SchedulerTicked` for runs whose
    Scheduled/Retrying/Paused start time has come. Its timers are the views'
    `scheduled` maps, so they come back with the fold after a restart.
+
+4. Every `ledger_snapshot_every_events` facts (or `ledger_snapshot_every_s`) a
+   partition's state is captured, and once the writer reports the facts before
+   it written (committed, under exactly-once) its snapshot goes to the
+   `snapshots` topic, tagged with the ledger offset those facts end at.
 
 A redelivered command changes nothing (`decide` knows it by id). Under
 exactly-once a crash leaves nothing of its open transaction visible; under
@@ -42,6 +50,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from engine.clock import Clock, SystemClock
 from engine.orchestration import FlowRunView, evolve
 from engine.orchestration.decide import is_unknown_run
+from engine.orchestration.partition import PartitionState
+from engine.orchestration.retired import RetiredRun
 from engine.planning import plan_of
 from engine.result_store import FSResultStore
 from engine.results import Result
@@ -63,7 +73,7 @@ from services.kafka.clients import (
     dead_letter_for,
     make_consumer,
     partition_for,
-    read_partitions_to_end,
+    read_to_end,
 )
 from services.roles.codeload import FlowLoadError, load_flow
 from services.roles.common import (
@@ -80,17 +90,22 @@ from services.roles.ledger_writer import (
     AtLeastOnceWriter,
     LedgerWriter,
     TransactionalWriter,
+    WriteFailed,
     WriteFailure,
 )
 from services.roles.scheduler import Timers, lost_attempts, tick
+from services.roles.snapshots import Manifest, encode_snapshot, read_snapshots, tombstones
 from services.settings import Settings
 
-__all__ = ["Ledger", "LedgerStats", "fold_records"]
+__all__ = ["Ledger", "LedgerStats", "fold_into_state", "fold_records"]
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_MS = 100
 """Longest wait for commands before the loop looks at the stop flag and the timers."""
+
+_SNAPSHOTS_KEPT = 2
+"""Snapshots kept per partition: the newest, and one to fall back on if it is unreadable."""
 
 
 
@@ -107,6 +122,9 @@ class LedgerStats:
     rebuilt_events: int = 0
     rebuild_s: float = 0.0
     busy_s: float = 0.0
+    snapshots_written: int = 0
+    snapshots_loaded: int = 0
+    retired: int = 0
 
 
 def fold_records(
@@ -135,6 +153,45 @@ def fold_records(
                 exc,
             )
     return views
+
+
+def fold_into_state(
+    state: PartitionState, records: Iterable[ConsumerRecord[bytes, bytes]]
+) -> PartitionState:
+    """Fold ledger records of one partition into `state` (as `fold_records` does views).
+
+    The records run to a partition's end, where no command's facts break off."""
+    for record in records:
+        try:
+            state.fold(decode(record.value or b""))
+        except (EventDecodeError, ValueError) as exc:
+            log.error(
+                "ledger record %s[%d]@%d does not fold: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+    state.settle()
+    return state
+
+
+@dataclass
+class _Part:
+    """One owned ledger partition: its state and its snapshot bookkeeping."""
+
+    state: PartitionState
+    epoch: int
+    """The assignment (or re-fold) this state belongs to: a snapshot captured under
+    an older one is dropped."""
+    covered: int
+    """Ledger offset the state covered when it was rebuilt (if nothing is written since)."""
+    facts_since: int = 0
+    """Facts written since the last snapshot was captured."""
+    last_capture: float = 0.0
+    kept: list[Manifest] = field(default_factory=list)
+    """Snapshots of this partition on the topic, oldest first."""
+    capturing: bool = False
 
 
 def _reasons(facts: list[Event]) -> str:
@@ -175,9 +232,11 @@ class Ledger:
         """The `HEADER_WRITER` of this process's facts: its identity and its ownership
         (the number of the assignment it writes under)."""
         self._assignments = 0
-        self.views: dict[str, FlowRunView] = {}
+        self._parts: dict[int, _Part] = {}
         self.home: dict[str, int] = {}
-        """Partition of each flow run (its commands and its facts share the number)."""
+        """Partition of each live flow run (its commands and its facts share the number)."""
+        self._epochs = 0
+        self._snapshot_tasks: set[asyncio.Task[None]] = set()
         self.owned: frozenset[int] = frozenset()
         self.ready = asyncio.Event()
         """Set once the first assignment has been folded (tests wait for it)."""
@@ -194,6 +253,36 @@ class Ledger:
         self._command_partitions = 1
         self._deadletter_partitions = 1
         self._topics = settings.topic_names()
+
+    @property
+    def views(self) -> dict[str, FlowRunView]:
+        """The live views of every owned partition (a new dict: for tests and dumps)."""
+        return {k: v for part in self._parts.values() for k, v in part.state.views.items()}
+
+    def state_of(self, partition: int) -> PartitionState | None:
+        """The state of an owned partition: what a fold of its ledger facts gives."""
+        part = self._parts.get(partition)
+        return part.state if part is not None else None
+
+    def retired_run(self, flow_run_id: str) -> RetiredRun | None:
+        """What is kept of a finished flow run of an owned partition (None: live or unknown)."""
+        for part in self._parts.values():
+            retired = part.state.retired.get(flow_run_id)
+            if retired is not None:
+                return retired
+        return None
+
+    def _live(self, flow_run_id: str) -> FlowRunView | None:
+        partition = self.home.get(flow_run_id)
+        if partition is None:
+            return None
+        return self._parts[partition].state.views.get(flow_run_id)
+
+    def _retired_home(self, flow_run_id: str) -> int | None:
+        for partition, part in self._parts.items():
+            if flow_run_id in part.state.retired:
+                return partition
+        return None
 
     # ----- the loop ------------------------------------------------------------------
 
@@ -235,6 +324,7 @@ class Ledger:
                         if batch:
                             await self._handle_batch(batch)
                         await self._tick()
+                        self._maybe_snapshot()
                     except Exception:  # a bug: never let it stop the ledger
                         log.exception("ledger batch failed; re-folding its partitions")
                         failed = RuntimeError("a ledger batch failed")
@@ -242,6 +332,9 @@ class Ledger:
                     self.stats.busy_s += time.perf_counter() - started
             await writer.drain()
         finally:
+            for task in list(self._snapshot_tasks):
+                task.cancel()
+            await asyncio.gather(*self._snapshot_tasks, return_exceptions=True)
             await consumer.stop()
             await writer.stop()
 
@@ -303,30 +396,66 @@ class Ledger:
             )
 
     def _forget(self, partitions: set[int]) -> None:
-        for flow_run_id in [f for f, p in self.home.items() if p in partitions]:
-            self.views.pop(flow_run_id, None)
-            self.home.pop(flow_run_id, None)
-            self._timers.forget(flow_run_id)
+        for partition in partitions:
+            part = self._parts.pop(partition, None)
+            if part is None:
+                continue
+            for flow_run_id in part.state.views:
+                self.home.pop(flow_run_id, None)
+                self._timers.forget(flow_run_id)
 
     async def _rebuild(self, partitions: set[int]) -> None:
-        """Fold the ledger partitions from offset 0: the views of `partitions`, from the log."""
+        """The state of `partitions` from the log: the newest readable snapshot + the facts
+        after it, or the facts from offset 0."""
         started = self.clock()
         self._forget(partitions)
-        topic = self._topics["ledger"]
-        records = await read_partitions_to_end(
-            self.settings, [TopicPartition(topic, p) for p in sorted(partitions)]
-        )
-        folded = fold_records(records)
-        for record in records:
-            key = record.key.decode() if record.key else None
-            if key in folded:
-                self.home[key] = record.partition
-        self.views.update(folded)
-        for flow_run_id in folded:
-            self._timers.refresh(self.views.get(flow_run_id), flow_run_id)
+        consumer = make_consumer(self.settings, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            for partition in sorted(partitions):
+                await self._rebuild_one(consumer, partition)
+        finally:
+            await consumer.stop()
         self.stats.rebuilds += 1
-        self.stats.rebuilt_events += len(records)
         self.stats.rebuild_s += (self.clock() - started).total_seconds()
+
+    async def _rebuild_one(self, consumer: AIOKafkaConsumer, partition: int) -> None:
+        ledger = TopicPartition(self._topics["ledger"], partition)
+        snapshots = TopicPartition(self._topics["snapshots"], partition)
+        window = self.settings.ledger_command_window
+        consumer.assign([ledger, snapshots])
+        ledger_end = (await consumer.end_offsets([ledger]))[ledger]
+        loaded, kept = await read_snapshots(consumer, snapshots, partition, window, ledger_end)
+        if loaded is None:
+            state, covers = PartitionState(window=window), 0
+            log.info("ledger partition %d: no readable snapshot; folding from offset 0", partition)
+        else:
+            state, covers = loaded.state, loaded.manifest.covers
+            self.stats.snapshots_loaded += 1
+            log.info(
+                "ledger partition %d: loaded snapshot covering offset %d (%d live, %d retired)",
+                partition,
+                covers,
+                len(state.views),
+                len(state.retired),
+            )
+        consumer.assign([ledger])
+        consumer.seek(ledger, covers)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        await read_to_end(consumer, [ledger], records.extend)
+        fold_into_state(state, records)
+        self.stats.rebuilt_events += len(records)
+        log.info(
+            "ledger partition %d: folded %d facts after offset %d", partition, len(records), covers
+        )
+        self._epochs += 1
+        self._parts[partition] = _Part(
+            state, self._epochs, max(covers, records[-1].offset + 1 if records else covers),
+            last_capture=time.monotonic(), kept=kept,
+        )
+        for flow_run_id, view in state.views.items():
+            self.home[flow_run_id] = partition
+            self._timers.refresh(view, flow_run_id)
 
     # ----- one batch -----------------------------------------------------------------
 
@@ -351,6 +480,8 @@ class Ledger:
             return
         flow_run_id = command.flow_run_id
         home = self.home.get(flow_run_id)
+        if home is None:
+            home = self._retired_home(flow_run_id)
         # murmur2 is pure Python (~60 us): only a run without a home needs it.
         expected = partition_for(flow_run_id, self._command_partitions) if home is None else home
         if record.partition != expected and home is None:
@@ -372,7 +503,10 @@ class Ledger:
                 flow_run_id,
             )
             return
-        view = self.views.get(flow_run_id) or FlowRunView(flow_run_id=flow_run_id)
+        part = self._parts[record.partition]
+        view = part.state.view_for(flow_run_id, command.event_id) or FlowRunView(
+            flow_run_id=flow_run_id
+        )
         if isinstance(command, RunRequested) and command.plan is None and not view.created:
             try:
                 command = command.model_copy(update={"plan": await self._plan(command.flow_ref)})
@@ -401,10 +535,19 @@ class Ledger:
         partition: int,
         out: _Batch,
     ) -> None:
-        """Keep the new view and queue its facts (and work items) for the batch's send."""
+        """Keep the new view and queue its facts (and work items) for the batch's send.
+
+        A run that this finished retires: its view leaves the live ones (and memory)."""
         flow_run_id = view.flow_run_id
-        self.views[flow_run_id] = view
-        self.home[flow_run_id] = partition
+        part = self._parts[partition]
+        retired = len(part.state.retired)
+        part.state.keep(view, facts)
+        part.facts_since += len(facts)
+        if flow_run_id in part.state.views:
+            self.home[flow_run_id] = partition
+        else:
+            self.home.pop(flow_run_id, None)
+            self.stats.retired += len(part.state.retired) - retired
         out.touched.add(flow_run_id)
         key = flow_run_id.encode()
         command = command_id.encode()
@@ -451,7 +594,7 @@ class Ledger:
         if records or offsets:
             await self._writer.submit(partition, records, offsets or {})
         for flow_run_id in out.touched:
-            self._timers.refresh(self.views.get(flow_run_id), flow_run_id)
+            self._timers.refresh(self._live(flow_run_id), flow_run_id)
 
     def _dead_letter(
         self,
@@ -522,17 +665,20 @@ class Ledger:
             timeout = self.settings.heartbeat_timeout_s
             due.update(
                 flow_run_id
-                for flow_run_id, view in self.views.items()
+                for part in self._parts.values()
+                for flow_run_id, view in part.state.views.items()
                 if view.running and lost_attempts(view, now, timeout)
             )
         if not due:
             return
         outs: dict[int, _Batch] = {}
         for flow_run_id in due:
-            command = tick(self.views[flow_run_id], now, self.identity, timeout)
-            view, facts = await self._flow_handlers.decide_and_evolve(
-                self.views[flow_run_id], command, now
-            )
+            current = self._live(flow_run_id)
+            if current is None:  # retired meanwhile: nothing of it waits any more
+                self._timers.forget(flow_run_id)
+                continue
+            command = tick(current, now, self.identity, timeout)
+            view, facts = await self._flow_handlers.decide_and_evolve(current, command, now)
             self.stats.ticks += 1
             partition = self.home[flow_run_id]
             if facts:
@@ -544,3 +690,79 @@ class Ledger:
                 self._timers.forget(flow_run_id)
         for partition, out in outs.items():
             await self._send(partition, out)
+
+    # ----- snapshots -----------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        """Capture the state of every partition whose snapshot is due (see the settings)."""
+        every = self.settings.ledger_snapshot_every_events
+        if every == 0:
+            return
+        now = time.monotonic()
+        for partition, part in self._parts.items():
+            if part.capturing or part.facts_since == 0 or partition not in self.owned:
+                continue
+            late = now - part.last_capture >= self.settings.ledger_snapshot_every_s
+            if part.facts_since >= every or late:
+                self._capture(partition, part, now)
+
+    def _capture(self, partition: int, part: _Part, now: float) -> None:
+        state = part.state
+        # Views and retired runs are immutable values: copying the dicts is the copy.
+        captured = PartitionState(window=state.window)
+        captured.views = dict(state.views)
+        captured.retired = dict(state.retired)
+        captured.recent = type(state.recent)(state.recent.capacity, state.recent.keys())
+        part.capturing, part.facts_since, part.last_capture = True, 0, now
+        # Asked now, before anything else is submitted (a synchronous call, not a
+        # coroutine scheduled for later): the end it gives is that of exactly the
+        # facts the captured state holds.
+        written = self._writer.written_end(partition)
+        task = asyncio.create_task(
+            self._write_snapshot(partition, part, captured, written),
+            name=f"ledger-snapshot-{partition}",
+        )
+        self._snapshot_tasks.add(task)
+        task.add_done_callback(self._snapshot_tasks.discard)
+
+    async def _write_snapshot(
+        self,
+        partition: int,
+        part: _Part,
+        captured: PartitionState,
+        written: asyncio.Future[int | None],
+    ) -> None:
+        try:
+            try:
+                end = await written
+            except WriteFailed as exc:
+                log.info("ledger partition %d: snapshot dropped: %s", partition, exc)
+                return
+            covers = part.covered if end is None else end
+            manifest, chunks = await asyncio.to_thread(
+                encode_snapshot, captured, partition, covers
+            )
+            if self._parts.get(partition) is not part or partition not in self.owned:
+                return  # re-folded or given away meanwhile: this state is not current
+            topic = self._topics["snapshots"]
+            records = [Outgoing(topic, partition, key, value) for key, value in chunks]
+            kept = [*part.kept, manifest]
+            for old in kept[:-_SNAPSHOTS_KEPT]:
+                records.extend(Outgoing(topic, partition, key, None) for key in tombstones(old))
+            await self._writer.submit(partition, records, {})
+            part.kept = kept[-_SNAPSHOTS_KEPT:]
+            self.stats.snapshots_written += 1
+            log.info(
+                "ledger partition %d: snapshot covering offset %d (%d live, %d retired, "
+                "%d bytes in %d chunks)",
+                partition,
+                covers,
+                len(captured.views),
+                len(captured.retired),
+                manifest.size,
+                manifest.chunks,
+            )
+        except Exception:  # a snapshot is an optimisation: never let it stop the ledger
+            log.exception("ledger partition %d: writing a snapshot failed", partition)
+        finally:
+            part.capturing = False

@@ -37,13 +37,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from services.kafka.clients import make_producer
-from services.roles.common import CommitPipeline, Outgoing, send_records
+from services.roles.common import (
+    BatchEnd,
+    CommitPipeline,
+    Outgoing,
+    batch_end,
+    send_records_tracked,
+)
 from services.settings import Settings
 
 __all__ = [
     "AtLeastOnceWriter",
     "LedgerWriter",
     "TransactionalWriter",
+    "WriteFailed",
     "WriteFailure",
     "transactional_id",
 ]
@@ -86,6 +93,10 @@ def transactional_id(settings: Settings, partition: int) -> str:
     return f"{settings.topic_prefix}ledger-{partition}"
 
 
+class WriteFailed(RuntimeError):
+    """What `written_end` waited for was not written (the partition is re-folded)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WriteFailure:
     """A partition whose last writes did not happen: the ledger must re-fold it."""
@@ -123,6 +134,15 @@ class LedgerWriter(Protocol):
     async def drain(self) -> None:
         """Return once everything submitted so far is written (or has failed)."""
 
+    def written_end(self, partition: int) -> asyncio.Future[int | None]:
+        """A future that resolves once everything submitted so far for *partition* is
+        written, to the ledger offset after its last fact (None: no fact since `own`).
+
+        Written means committed under exactly-once, acknowledged under at-least-once;
+        the future fails with `WriteFailed` if it was not. What "so far" means is fixed
+        when this is called (it is not a coroutine for that reason): a snapshot of the
+        views as they were at the call covers exactly the facts below that offset."""
+
     def take_failures(self) -> list[WriteFailure]:
         """The partitions whose writes failed since the last call."""
 
@@ -140,6 +160,11 @@ class AtLeastOnceWriter:
         self._pipeline = CommitPipeline(consumer)
         self._committer: asyncio.Task[None] | None = None
         self._owned: set[int] = set()
+        self._ledger = settings.topic("ledger")
+        self._last_fact: dict[int, BatchEnd] = {}
+        """The last batch of facts queued for each ledger partition."""
+        self._failures = 0
+        """Failures reported so far: a `written_end` that saw one happen fails."""
 
     async def start(self) -> None:
         await self._producer.start()
@@ -158,6 +183,8 @@ class AtLeastOnceWriter:
     async def release(self, partitions: set[int]) -> None:
         await self._pipeline.drain()
         self._owned -= partitions
+        for partition in partitions:
+            self._last_fact.pop(partition, None)
 
     async def submit(
         self, partition: int, records: list[Outgoing], offsets: dict[TopicPartition, int]
@@ -166,11 +193,33 @@ class AtLeastOnceWriter:
         for start in range(0, len(records), _SEND_CHUNK):
             if start:
                 await asyncio.sleep(0)  # the producer ships the last chunk meanwhile
-            futures.extend(await send_records(self._producer, records[start : start + _SEND_CHUNK]))
+            sent, ends = await send_records_tracked(
+                self._producer, records[start : start + _SEND_CHUNK]
+            )
+            futures.extend(sent)
+            end = ends.get((self._ledger, partition))
+            if end is not None:
+                self._last_fact[partition] = end
         self._pipeline.push(futures, offsets)
 
     async def drain(self) -> None:
         await self._pipeline.drain()
+
+    def written_end(self, partition: int) -> asyncio.Future[int | None]:
+        last, failures = self._last_fact.get(partition), self._failures
+        return asyncio.ensure_future(self._written(partition, last, failures))
+
+    async def _written(self, partition: int, last: BatchEnd | None, failures: int) -> int | None:
+        # Everything pushed so far acknowledged (or failed): the facts before `last`
+        # included, whatever batch they were in.
+        await self._pipeline.drain()
+        if self._pipeline.failure is not None or self._failures != failures:
+            raise WriteFailed(f"a write of ledger partition {partition} failed")
+        if last is None:
+            return None
+        if not last[0].done() or last[0].exception() is not None:
+            raise WriteFailed(f"a write of ledger partition {partition} failed")
+        return batch_end(last)
 
     def take_failures(self) -> list[WriteFailure]:
         if self._committer is not None and self._committer.done():
@@ -178,6 +227,7 @@ class AtLeastOnceWriter:
         error, self._pipeline.failure = self._pipeline.failure, None
         if error is None:
             return []
+        self._failures += 1
         # One producer for every partition: any of them may have lost records.
         return [WriteFailure(p, error, fenced=False) for p in sorted(self._owned)]
 
@@ -206,11 +256,60 @@ class _Transactions:
     """Transactions in a row that found the next batch waiting when they committed."""
     reported: bool = False
     task: asyncio.Task[None] | None = None
+    ledger_topic: str = ""
+    ledger_end: int | None = None
+    """The ledger offset after the last fact committed by this producer."""
+    facts_queued: int = 0
+    """Facts (records on this partition of `ledger`) among `records`."""
+    facts_in_flight: int = 0
+    """Facts in the transaction being committed."""
+    waiting: list[tuple[asyncio.Future[int | None], int]] = field(default_factory=list)
+    """`written_end` callers waiting for the transaction that takes the queued records,
+    each with how many of its facts were queued when it asked: later submissions
+    join the same transaction, so its end is not theirs."""
+    in_flight: list[tuple[asyncio.Future[int | None], int]] = field(default_factory=list)
+    """The same for the transaction being committed."""
+    committing: bool = False
+
+    def written_end(self) -> asyncio.Future[int | None]:
+        """Resolves once what was submitted so far is committed (see `LedgerWriter`)."""
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        if self.failure is not None:
+            future.set_exception(WriteFailed(f"ledger partition {self.partition} failed"))
+        elif self.records or self.offsets:
+            self.waiting.append((future, self.facts_queued))
+        elif self.committing:
+            self.in_flight.append((future, self.facts_in_flight))
+        else:
+            future.set_result(self.ledger_end)
+        return future
+
+    def settle(self, error: BaseException | None, previous_end: int | None = None) -> None:
+        """Answer the `written_end` callers of the transaction that just ended.
+
+        One producer writes the partition and a transaction's facts are contiguous,
+        so the k-th fact of a transaction of n ends at `ledger_end - n + k`."""
+        waiters, self.in_flight = self.in_flight, []
+        if error is not None:
+            waiters += self.waiting
+            self.waiting = []
+        for future, facts in waiters:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(WriteFailed(f"ledger partition {self.partition}: {error!r}"))
+            elif facts == 0 or self.ledger_end is None:
+                future.set_result(previous_end)
+            else:
+                future.set_result(self.ledger_end - self.facts_in_flight + facts)
 
     def submit(self, records: list[Outgoing], offsets: dict[TopicPartition, int]) -> None:
         if self.failure is not None:
             return  # the ledger re-folds this partition and re-reads its commands
         self.records.extend(records)
+        self.facts_queued += sum(
+            1 for r in records if r.partition == self.partition and r.topic == self.ledger_topic
+        )
         self.offsets.update(offsets)
         self.idle.clear()
         self.wake.set()
@@ -226,11 +325,19 @@ class _Transactions:
                 await asyncio.sleep(_BUSY_LINGER_S)  # busy: let the next batches join
             records, self.records = self.records, []
             offsets, self.offsets = self.offsets, {}
+            self.in_flight, self.waiting = self.waiting, []
+            self.facts_in_flight, self.facts_queued = self.facts_queued, 0
+            self.committing = True
+            previous_end = self.ledger_end
             try:
                 await self._commit(records, offsets)
             except (KafkaError, ValueError) as exc:
+                self.committing = False
                 await self._failed(exc)
+                self.settle(exc)
                 return
+            self.committing = False
+            self.settle(None, previous_end)
             if self.records or self.offsets:
                 self.streak += 1
                 self.wake.set()
@@ -240,7 +347,7 @@ class _Transactions:
 
     async def _commit(self, records: list[Outgoing], offsets: dict[TopicPartition, int]) -> None:
         await self.producer.begin_transaction()
-        futures: list[asyncio.Future[Any]] = await send_records(self.producer, records)
+        futures, ends = await send_records_tracked(self.producer, records)
         if offsets:
             await self.producer.send_offsets_to_transaction(offsets, self.group_id)
         # Every ack is awaited (return_exceptions: none is left unretrieved); the
@@ -249,6 +356,9 @@ class _Transactions:
             if isinstance(outcome, BaseException):
                 raise outcome
         await self.producer.commit_transaction()
+        end = ends.get((self.ledger_topic, self.partition))
+        if end is not None:
+            self.ledger_end = batch_end(end)
 
     async def _failed(self, exc: BaseException) -> None:
         fenced = isinstance(exc, ProducerFenced)
@@ -266,6 +376,7 @@ class _Transactions:
                 log.warning("could not abort the transaction: %r", abort_error)
         self.failure = WriteFailure(self.partition, exc, fenced=fenced)
         self.records.clear()
+        self.facts_queued = 0
         self.offsets.clear()
         self.idle.set()
 
@@ -334,7 +445,9 @@ class TransactionalWriter:
         # transaction aborted, so the rebuild that follows is not held at the LSO.
         await producer.begin_transaction()
         await producer.commit_transaction()
-        txns = _Transactions(partition, producer, self._group_id)
+        txns = _Transactions(
+            partition, producer, self._group_id, ledger_topic=self._settings.topic("ledger")
+        )
         txns.idle.set()
         txns.task = asyncio.create_task(txns.run(), name=f"ledger-txn-{partition}")
         self._partitions[partition] = txns
@@ -348,6 +461,7 @@ class TransactionalWriter:
         if txns.task is not None:
             txns.task.cancel()
             await asyncio.gather(txns.task, return_exceptions=True)
+        txns.settle(RuntimeError("the partition was released"))
         try:
             await txns.producer.stop()
         except KafkaError as exc:  # a fenced producer may fail to close cleanly
@@ -364,6 +478,14 @@ class TransactionalWriter:
 
     async def drain(self) -> None:
         await asyncio.gather(*(txns.idle.wait() for txns in self._partitions.values()))
+
+    def written_end(self, partition: int) -> asyncio.Future[int | None]:
+        txns = self._partitions.get(partition)
+        if txns is None:
+            failed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(WriteFailed(f"ledger partition {partition} is not owned here"))
+            return failed
+        return txns.written_end()
 
     def take_failures(self) -> list[WriteFailure]:
         failures: list[WriteFailure] = []

@@ -25,9 +25,12 @@ from typing import Any, TypeVar
 from aiokafka import ConsumerRecord, TopicPartition
 
 from engine.orchestration import FlowRunView, fold
+from engine.orchestration.partition import PartitionState
+from engine.orchestration.retired import retire
 from events import Command, Event, FlowRef, RunRequested, decode, encode
 from services.kafka.clients import make_producer, read_partitions_to_end
 from services.roles.app import RunLedgerApp, hosted_roles
+from services.roles.ledger import Ledger, fold_into_state
 from services.settings import Settings, TopicName
 
 T = TypeVar("T")
@@ -129,10 +132,47 @@ class RolesThread:
         self.call(self._producer.send_and_wait(self.settings.topic(topic), value, key=key))
 
     @property
-    def ledger_views(self) -> dict[str, FlowRunView]:
+    def ledger(self) -> Ledger:
         assert self.app is not None
         assert self.app.ledger is not None
-        return self.app.ledger.views
+        return self.app.ledger
+
+    def on_loop(self, read: Callable[[Ledger], T]) -> T:
+        """`read(ledger)` run on the roles' event loop (the ledger changes only there)."""
+
+        async def run() -> T:
+            return read(self.ledger)
+
+        return self.call(run())
+
+    @property
+    def ledger_views(self) -> dict[str, FlowRunView]:
+        """The ledger's live views (finished runs have left them: `ledger_view`)."""
+        return self.on_loop(lambda ledger: ledger.views)
+
+    def ledger_view(self, flow_run_id: str) -> FlowRunView | None:
+        """The ledger's view of a run: live, or for a retired run the fold it was reduced from
+        (once the ledger topic holds what retired it)."""
+        view, retired = self.on_loop(
+            lambda ledger: (ledger.views.get(flow_run_id), ledger.retired_run(flow_run_id))
+        )
+        if view is not None or retired is None:
+            return view
+        folded = self.fold_of(flow_run_id)
+        return folded if retire(folded) == retired else None
+
+    def ledger_states(self) -> dict[int, PartitionState]:
+        """The state of every partition the ledger owns."""
+
+        def states(ledger: Ledger) -> dict[int, PartitionState]:
+            found = {p: ledger.state_of(p) for p in ledger.owned}
+            return {p: s for p, s in found.items() if s is not None}
+
+        return self.on_loop(states)
+
+    def folded_states(self) -> dict[int, PartitionState]:
+        """Every ledger partition folded from offset 0 into a partition state."""
+        return fold_partitions(self.settings, self.records("ledger"))
 
     def wait_view(
         self,
@@ -149,7 +189,7 @@ class RolesThread:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            view = self.ledger_views.get(flow_run_id)
+            view = self.ledger_view(flow_run_id)
             if view is not None and until(view):
                 self._until_committed(flow_run_id, view)
                 return view
@@ -174,6 +214,18 @@ class RolesThread:
     def fold_of(self, flow_run_id: str) -> FlowRunView:
         """The view folded from the ledger topic alone."""
         return fold(self.events_of(flow_run_id), flow_run_id=flow_run_id)
+
+
+def fold_partitions(
+    settings: Settings, records: list[ConsumerRecord[bytes, bytes]]
+) -> dict[int, PartitionState]:
+    """Ledger records folded per partition, from offset 0, as the ledger role folds them."""
+    states: dict[int, PartitionState] = {}
+    for partition in range(settings.partitions):
+        state = PartitionState(window=settings.ledger_command_window)
+        fold_into_state(state, (r for r in records if r.partition == partition))
+        states[partition] = state
+    return states
 
 
 async def topic_records(settings: Settings, topic: TopicName) -> list[ConsumerRecord[bytes, bytes]]:

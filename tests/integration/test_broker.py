@@ -110,10 +110,11 @@ async def _describe(settings: Settings) -> tuple[dict[str, int], dict[str, dict[
     return partitions, configs
 
 
-async def test_ensure_topics_creates_the_four_topics_with_their_retention(
+async def test_ensure_topics_creates_every_topic_with_its_retention(
     kafka_settings: Settings,
 ) -> None:
-    """ledger and deadletter keep everything; commands and work keep 7 days; all delete."""
+    """ledger and deadletter keep everything, commands and work 7 days (all delete);
+    snapshots are compacted (each key's newest value is kept)."""
     await ensure_topics(kafka_settings)
     partitions, configs = await _describe(kafka_settings)
     p = kafka_settings.topic
@@ -123,7 +124,9 @@ async def test_ensure_topics_creates_the_four_topics_with_their_retention(
     assert configs[p("deadletter")]["retention.ms"] == forever
     assert configs[p("commands")]["retention.ms"] == week
     assert configs[p("work")]["retention.ms"] == week
-    assert {c["cleanup.policy"] for c in configs.values()} == {"delete"}
+    policies = {topic: c["cleanup.policy"] for topic, c in configs.items()}
+    assert policies.pop(p("snapshots")) == "compact"
+    assert set(policies.values()) == {"delete"}
 
 
 async def test_ensure_topics_is_idempotent_also_when_racing(kafka_settings: Settings) -> None:

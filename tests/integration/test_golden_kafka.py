@@ -54,7 +54,7 @@ from tests.golden.harness import (
 )
 from tests.golden.scenarios import ALL_SCENARIOS, RunObservation, Scenario, build
 from tests.integration.flows import live
-from tests.integration.roles_support import RolesThread, idle, run_request, topic_records
+from tests.integration.roles_support import RolesThread, idle, run_request
 
 pytestmark = pytest.mark.integration
 
@@ -183,10 +183,12 @@ def test_no_claim_was_refused_and_nothing_was_dead_lettered(roles: RolesThread) 
 
 
 def test_folding_the_whole_ledger_from_offset_0_gives_every_live_view(roles: RolesThread) -> None:
-    """The ledger topic alone rebuilds the live views of every flow run the services made."""
-    from services.roles.ledger import fold_records
-
-    records = roles.call(topic_records(roles.settings, "ledger"))
-    folded = fold_records(records)
-    assert folded.keys() == roles.ledger_views.keys()
-    assert folded == roles.ledger_views
+    """The ledger topic alone rebuilds the ledger's state: live views, retired runs, window."""
+    folded = roles.folded_states()
+    live = roles.ledger_states()
+    assert live.keys() == folded.keys()
+    for partition, state in live.items():
+        assert folded[partition].views == state.views
+        assert folded[partition].retired == state.retired
+        assert folded[partition].recent == state.recent
+    assert sum(len(s.retired) for s in live.values()) > 0, "finished runs left the live views"

@@ -168,7 +168,7 @@ def test_commands_for_a_flow_run_that_was_never_created_leave_no_run_behind(
     roles.send(marker)
     _finished(roles, marker.flow_run_id)
     views = roles.ledger_views
-    assert not [f for f in phantoms if f in views]
+    assert not [f for f in phantoms if f in views or roles.ledger_view(f) is not None]
     assert not [f for f in phantoms if roles.events_of(f)]
     letters = [d for d in _dead_letters(roles) if d.key in phantoms]
     assert len(letters) == 2 * len(phantoms)
@@ -313,3 +313,42 @@ def test_a_retry_with_a_delay_is_dispatched_by_the_scheduler_when_due(roles: Rol
     assert (resubmitted.occurred_at - start).total_seconds() < 0.5
     second_running = [e for e in events if e.state["type"] == "Running"][1]
     assert second_running.occurred_at >= start
+
+
+def test_a_finished_run_leaves_the_live_views_and_late_commands_are_still_answered(
+    roles: RolesThread,
+) -> None:
+    """Once finished a run is retired (its view leaves memory); a late proposal and a run
+    request with other parameters are refused, a repeated command is ignored, as they
+    were for its whole view."""
+    first = run_request(f"{FLOWS}:single")
+    roles.send(first)
+    finished = _finished(roles, first.flow_run_id)
+    assert first.flow_run_id not in roles.ledger_views
+    assert roles.on_loop(lambda ledger: ledger.retired_run(first.flow_run_id)) is not None
+    record = next(iter(finished.task_runs.values()))
+    late = TransitionProposed(
+        event_id=str(uuid.uuid4()),
+        flow_run_id=first.flow_run_id,
+        occurred_at=datetime.now(UTC),
+        task_run_id=record.task_run_id,
+        cause=Cause(worker=roles.ledger.identity),
+        expected_seq=record.seq,
+        attempt=record.attempt,
+        state={"type": "Running"},
+        final=False,
+    )
+    roles.send(late)
+    roles.send(late)  # the same command again: recognised by the window
+    roles.send(first.model_copy(update={"event_id": str(uuid.uuid4()), "parameters": {"x": 1}}))
+    roles.send(first.model_copy(update={"event_id": str(uuid.uuid4())}))  # the same request
+    marker = run_request(f"{FLOWS}:single")  # once this finishes, the above were consumed
+    roles.send(marker)
+    _finished(roles, marker.flow_run_id)
+    reasons = [r.reason for r in _rejections(roles, first.flow_run_id)]
+    assert reasons == [
+        f"flow run {first.flow_run_id} is already Success",
+        f"flow run {first.flow_run_id} exists with another flow or other parameters; "
+        "a run request cannot change them",
+    ]
+    assert first.flow_run_id not in roles.ledger_views

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from engine.orchestration import FlowRunView
+from engine.orchestration.retired import retire
 from engine.planning import plan_of
 from engine.result_store import FSResultStore
 from engine.results import Result
@@ -133,8 +134,9 @@ def test_a_resent_work_record_of_a_finished_run_changes_nothing_on_the_ledger(
     assert {r.reason for r in refusals()} == {
         f"flow run {request.flow_run_id} is already Success"
     }
-    assert roles.ledger_views[request.flow_run_id].task_runs == finished.task_runs
-    assert roles.fold_of(request.flow_run_id) == roles.ledger_views[request.flow_run_id]
+    folded = roles.fold_of(request.flow_run_id)
+    assert folded.task_runs == finished.task_runs
+    assert roles.on_loop(lambda ledger: ledger.retired_run(request.flow_run_id)) == retire(folded)
     assert [len((out / f"{i}.runs").read_text().splitlines()) for i in (0, 2)] == [1, 1]
 
 

@@ -95,7 +95,7 @@ def test_an_empty_secret_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_topic_names_carry_the_prefix() -> None:
-    """Each of the four topics is the prefix plus its short name."""
+    """Each topic is the prefix plus its short name."""
     settings = Settings(topic_prefix="acme.rl.")
     assert settings.topic("commands") == "acme.rl.commands"
     assert settings.topic_names() == {
@@ -103,6 +103,7 @@ def test_topic_names_carry_the_prefix() -> None:
         "ledger": "acme.rl.ledger",
         "work": "acme.rl.work",
         "deadletter": "acme.rl.deadletter",
+        "snapshots": "acme.rl.snapshots",
     }
 
 

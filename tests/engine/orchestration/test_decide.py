@@ -991,3 +991,25 @@ def test_every_fact_decide_emits_is_of_a_documented_kind() -> None:
         HeartbeatRecorded,
     }
     assert TransitionRejected in kinds
+
+
+# ----- finished flow runs are closed -------------------------------------------------------------
+
+
+def test_a_proposal_for_any_task_run_of_a_finished_flow_run_is_refused_for_that_reason() -> None:
+    """Known or not, the task run gets "already finished": a retired run knows none of them."""
+    ledger = Ledger(plan(ptask("a")))
+    ledger.finish("a")
+    assert ledger.view.flow_state_type == "Success"
+    assert reasons(ledger.propose("a", Running())) == [f"flow run {FR} is already Success"]
+    assert reasons(ledger.propose("nope", Running())) == [f"flow run {FR} is already Success"]
+
+
+def test_set_state_of_a_task_run_of_a_finished_flow_run_is_refused() -> None:
+    """A finished flow run is closed: its task runs cannot be set by hand any more."""
+    ledger = Ledger(plan(ptask("a")))
+    ledger.finish("a")
+    assert reasons(ledger.set_state("a", Pending("again"))) == [
+        f"flow run {FR} is already Success; its task runs can no longer be set (re-run it instead)"
+    ]
+    assert ledger.record("a").state_type == "Success"

@@ -103,7 +103,7 @@ def test_a_retry_on_the_same_worker_is_claimed_and_heartbeated_as_its_own_attemp
     assert w._claim(second, claim(w, 2)) is None  # not mistaken for a copy of attempt 1
     sent.records.clear()
     asyncio.run(one_heartbeat_round(w))
-    beats = [decode(record.value) for record, _ in sent.records]
+    beats = [decode(record.value or b"") for record, _ in sent.records]
     assert all(isinstance(b, HeartbeatSent) for b in beats)
     assert {b.attempt for b in beats if isinstance(b, HeartbeatSent)} == {1, 2}
 
