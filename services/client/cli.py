@@ -697,41 +697,63 @@ async def _states(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    """Fold the ledger and compare it with the read model: 0 equal, 1 any mismatch."""
+    """Fold the ledger and compare it with the read model and the ledger's snapshots.
+
+    0 when every copy equals the fold, 1 on any mismatch or when there is no copy to check.
+    """
     path = args.read_model or store_path(settings.data_dir, settings.topic_prefix)
     store = open_readonly(path, StoreIdentity(ledger_topic=settings.topic("ledger")))
+    try:
+        return _run_async("verify", _verify(args, settings, store, path))
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _verify(
+    args: argparse.Namespace, settings: Settings, store: ReadStore | None, path: Path
+) -> int:
+    from services.readmodel.verify import ReadModelCheck, SnapshotCheck, newest_snapshots, verify
+
+    mismatches = []
+    checked: list[str] = []
+    positions = store.positions() if store is not None else {}
     if store is None:
+        print(
+            f"runledger verify: no read model of {settings.topic('ledger')} (this engine and "
+            f"schema version) at {path}; comparing the ledger's snapshots only",
+            file=sys.stderr,
+        )
+    if store is not None:
+        mismatches += await verify(
+            settings, [ReadModelCheck(store, positions)], args.from_offset, upto=positions
+        )
+        covered = ", ".join(f"{p}: {o}" for p, o in sorted(positions.items())) or "nothing yet"
+        checked.append(f"the read model (from offset {args.from_offset}, up to {covered})")
+    snapshots = await newest_snapshots(settings)
+    if snapshots:
+        check = SnapshotCheck(snapshots, settings.ledger_command_window)
+        mismatches += await verify(settings, [check], 0, upto=check.covers())
+        covers = ", ".join(f"{p}: {o}" for p, o in sorted(check.covers().items()))
+        checked.append(f"the ledger's snapshots (from offset 0, up to {covers})")
+    if not checked:
         return _fail(
             "verify",
-            f"no read model of {settings.topic('ledger')} (this engine and schema version) at "
-            f"{path}: run the api with this RUNLEDGER_DATA_DIR, or name one with --read-model",
+            f"nothing to compare: no read model of {settings.topic('ledger')} (this engine and "
+            f"schema version) at {path} and no snapshots; run the api with this "
+            "RUNLEDGER_DATA_DIR, or name a read model with --read-model",
         )
-    try:
-        return _run_async("verify", _verify(args, settings, store))
-    finally:
-        store.close()
-
-
-async def _verify(args: argparse.Namespace, settings: Settings, store: ReadStore) -> int:
-    from services.readmodel.verify import ReadModelCheck, verify
-
-    positions = store.positions()
-    checks = [ReadModelCheck(store, positions)]
-    mismatches = await verify(settings, checks, args.from_offset, upto=positions)
     runs = len({(m.partition, m.flow_run_id) for m in mismatches})
-    covered = ", ".join(f"{p}: {o}" for p, o in sorted(positions.items())) or "nothing yet"
     if args.json:
         _print_json_lines(m.as_json() for m in mismatches)
         summary = {"kind": "summary", "mismatches": len(mismatches), "runs": runs}
-        _print_json_lines([summary | {"from_offset": args.from_offset, "positions": positions}])
+        summary |= {"from_offset": args.from_offset, "positions": positions, "checked": checked}
+        _print_json_lines([summary])
     else:
         for mismatch in mismatches:
             print(mismatch.as_text())
         verdict = f"{len(mismatches)} mismatches in {runs} runs" if mismatches else "equal"
-        print(
-            f"runledger verify: read model vs the ledger from offset {args.from_offset} "
-            f"(up to its positions {covered}): {verdict}"
-        )
+        print(f"runledger verify: {' and '.join(checked)} vs the ledger: {verdict}")
     return EXIT_FAILURE if mismatches else EXIT_OK
 
 

@@ -4,12 +4,10 @@ The ledger topic is read partition by partition (`read_to_end`, from offset 0 or
 `from_offset`) into a `PartitionFold`: each run's records there, in ledger order,
 and its view. Each `Check` compares one such fold with one copy and returns
 `Mismatch`es, each with a unified diff (ledger first, copy second). The read
-model's check is `ReadModelCheck`; another copy (the ledger's snapshots) plugs
-in as one more function of the same shape:
+model's check is `ReadModelCheck`; the ledger's snapshots' is `SnapshotCheck`,
+run over the ledger from offset 0 up to the offset each snapshot covers.
 
-    def check_snapshots(fold: PartitionFold) -> list[Mismatch]: ...
-
-Only what the copy claims to cover is compared: a read model that is behind is
+Only what a copy claims to cover is compared: a read model that is behind is
 compared up to its stored positions, not reported for what it has not read yet.
 """
 
@@ -18,18 +16,21 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from engine.orchestration import FlowRunView
+from engine.orchestration.partition import PartitionState, fold_into
 from events import EventDecodeError, decode
 from services.kafka.clients import make_consumer, read_to_end, topic_partitions
 from services.readmodel.model import fold_records
 from services.readmodel.shapes import flow_run_json
 from services.readmodel.store import ReadStore
+from services.roles.snapshots import Loaded, read_snapshots
 from services.settings import Settings
 
 __all__ = [
@@ -37,7 +38,9 @@ __all__ = [
     "Mismatch",
     "PartitionFold",
     "ReadModelCheck",
+    "SnapshotCheck",
     "fold_partitions",
+    "newest_snapshots",
     "verify",
 ]
 
@@ -217,6 +220,110 @@ class ReadModelCheck:
         position = self.positions.get(fold.partition, 0)
         starts_inside = bool(facts) and facts[0].offset >= fold.start
         return starts_inside and all(f.offset < position for f in facts)
+
+
+# ----- the ledger's snapshots ------------------------------------------------------------
+
+
+class SnapshotCheck:
+    """Compares each partition's newest readable snapshot with the ledger folded from 0.
+
+    The fold must run from offset 0 up to the offset the snapshot covers (`verify`
+    with ``upto=check.covers()``): the partition state there — live views, retired
+    runs, the recent-command window — must be the snapshot's, run by run.
+    """
+
+    copy = "snapshots"
+
+    def __init__(self, snapshots: Mapping[int, Loaded], window: int) -> None:
+        self.snapshots = dict(snapshots)
+        self.window = window
+
+    def covers(self) -> dict[int, int]:
+        """Where each partition's fold must stop: the offset its snapshot covers."""
+        return {p: loaded.manifest.covers for p, loaded in self.snapshots.items()}
+
+    def __call__(self, fold: PartitionFold) -> list[Mismatch]:
+        loaded = self.snapshots.get(fold.partition)
+        if loaded is None:
+            return []
+        covers = loaded.manifest.covers
+        if fold.start != 0 or fold.end != covers:
+            what = (
+                f"not compared: the ledger was read from {fold.start} to {fold.end}, "
+                f"not from 0 to {covers}"
+            )
+            return [Mismatch(self.copy, fold.partition, None, what)]
+        ordered = sorted(
+            (offset, value) for records in fold.records.values() for offset, value in records
+        )
+        expected = fold_into(
+            PartitionState(window=self.window), (decode(value) for _, value in ordered)
+        )
+        return self._compare(fold.partition, covers, expected, loaded.state)
+
+    def _compare(
+        self, partition: int, covers: int, expected: PartitionState, snapshot: PartitionState
+    ) -> list[Mismatch]:
+        found: list[Mismatch] = []
+        where = f"snapshot covering offset {covers}"
+        for run in sorted(set(expected.views) | set(snapshot.views)):
+            ledger, copy = expected.views.get(run), snapshot.views.get(run)
+            if ledger != copy:
+                diff = _diff(_view_lines(ledger), _view_lines(copy))
+                what = f"{where}: its view differs"
+                found.append(Mismatch(self.copy, partition, run, what, diff))
+        for run in sorted(set(expected.retired) | set(snapshot.retired)):
+            ledger_r, copy_r = expected.retired.get(run), snapshot.retired.get(run)
+            if ledger_r != copy_r:
+                diff = _diff([repr(ledger_r)], [repr(copy_r)])
+                what = f"{where}: its retired record differs"
+                found.append(Mismatch(self.copy, partition, run, what, diff))
+        if expected.recent != snapshot.recent:
+            what = (
+                f"{where}: its recent-command window differs ({len(expected.recent)} commands "
+                f"on the ledger, {len(snapshot.recent)} in the snapshot)"
+            )
+            found.append(Mismatch(self.copy, partition, None, what))
+        return found
+
+
+def _view_lines(view: FlowRunView | None) -> list[str]:
+    if view is None:
+        return ["(none)"]
+    return _json_lines(flow_run_json(view)) + [
+        f"{record.task_run_id} seq {record.seq} {record.state_type} attempt {record.attempt}"
+        for record in sorted(view.task_runs.values(), key=lambda r: r.task_run_id)
+    ]
+
+
+async def newest_snapshots(settings: Settings) -> dict[int, Loaded]:
+    """The newest readable snapshot of each ledger partition (none: no snapshots topic)."""
+    consumer = make_consumer(settings, group_id=None)
+    found: dict[int, Loaded] = {}
+    try:
+        await consumer.start()  # inside: a consumer that could not start is stopped too
+        try:
+            ledger = await topic_partitions(consumer, settings.topic("ledger"))
+            snapshots = {tp.partition: tp for tp in await topic_partitions(
+                consumer, settings.topic("snapshots")
+            )}
+        except KafkaError:
+            return found
+        ends = await consumer.end_offsets(ledger)
+        for tp in ledger:
+            snapshot_tp = snapshots.get(tp.partition)
+            if snapshot_tp is None:
+                continue
+            consumer.assign([snapshot_tp])
+            loaded, _ = await read_snapshots(
+                consumer, snapshot_tp, tp.partition, settings.ledger_command_window, ends[tp]
+            )
+            if loaded is not None:
+                found[tp.partition] = loaded
+        return found
+    finally:
+        await consumer.stop()
 
 
 def _record_lines(records: list[tuple[int, bytes]]) -> list[str]:

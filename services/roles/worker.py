@@ -480,10 +480,7 @@ class Worker:
             self._remember_cache(flow, work.slug, final)
             self.stats.executed += 1
         finally:
-            key = (work.task_run_id, work.attempt)
-            with self._running_lock:
-                if self._running.get(key) is job:
-                    del self._running[key]
+            self._stop_heartbeats(job)
 
     def _submit(self, job: _Job, command: Command) -> list[Event] | None:
         """`execute_work`'s submit; a Running claim may wait for the ledger's answer."""
@@ -491,8 +488,20 @@ class Worker:
             self.stats.proposals += 1
             if command.state.get("type") == "Running":
                 return self._claim(job, command)
+            if command.final:
+                # The attempt's last word: a heartbeat sent after it would only be
+                # refused (and recorded as a refusal). Removed before the hand-over, a
+                # heartbeat tick either saw the attempt and was queued first, or not.
+                self._stop_heartbeats(job)
         self._post(job, self._topics["commands"], job.partition, command)
         return []
+
+    def _stop_heartbeats(self, job: _Job) -> None:
+        assert job.work is not None
+        key = (job.work.task_run_id, job.work.attempt)
+        with self._running_lock:
+            if self._running.get(key) is job:
+                del self._running[key]
 
     def _claim(self, job: _Job, command: TransitionProposed) -> list[Event] | None:
         assert job.work is not None

@@ -22,9 +22,11 @@ from aiokafka import TopicPartition
 
 from engine.orchestration import fold, fold_as_of
 from services.client.client import Client
-from services.kafka.clients import read_partitions_to_end
+from services.kafka.clients import make_producer, read_partitions_to_end
 from services.readmodel.store import store_path
+from services.readmodel.verify import newest_snapshots
 from services.roles.app import run_roles
+from services.roles.snapshots import encode_snapshot
 from services.settings import Settings
 from tests.integration.test_cli_kafka import runledger
 from tests.integration.test_client_kafka import running_services
@@ -235,3 +237,46 @@ async def test_verify_reports_a_corrupted_read_model_and_passes_a_sound_one(
         *mismatches, summary = [json.loads(line) for line in as_json.out.splitlines()]
         assert {m["flow_run_id"] for m in mismatches} == {first, second}
         assert (summary["kind"], summary["mismatches"], summary["runs"]) == ("summary", 2, 2)
+
+
+async def _inject_wrong_snapshot(settings: Settings, drop: str) -> int:
+    """Write, as the newest snapshot of partition 0, the current one without `drop`'s
+    retired record; returns the offset it covers."""
+    snapshots = await newest_snapshots(settings)
+    assert 0 in snapshots, "the ledger wrote no snapshot"
+    loaded = snapshots[0]
+    assert drop in loaded.state.retired
+    del loaded.state.retired[drop]
+    _, records = encode_snapshot(loaded.state, 0, loaded.manifest.covers)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(settings.topic("snapshots"), value, key=key, partition=0)
+    finally:
+        await producer.stop()
+    return loaded.manifest.covers
+
+
+async def test_verify_compares_the_ledgers_snapshots_and_reports_a_wrong_one(
+    settings: Settings,
+) -> None:
+    """With snapshots every few facts, verify checks the newest one against the ledger
+    folded from 0 to the offset it covers: equal as the ledger wrote it; a snapshot that
+    lost a finished run's retired record is reported, with its run, and exits 1."""
+    settings = settings.model_copy(update={"ledger_snapshot_every_events": 5})
+    async with running_services(settings), Client(settings) as client:
+        first, _ = await _finished_runs(client, 2)
+        await _finished_runs(client, 1)  # a snapshot written after both retired
+    sound = await runledger(settings, "verify")
+    assert sound.status == 0, sound.err + sound.out
+    assert "the ledger's snapshots (from offset 0, up to 0: " in sound.out
+    assert sound.out.rstrip().endswith("equal")
+    covers = await _inject_wrong_snapshot(settings, first)
+    wrong = await runledger(settings, "verify")
+    assert wrong.status == 1, wrong.out
+    assert (
+        f"snapshots, partition 0 flow run {first}: snapshot covering offset {covers}: "
+        "its retired record differs"
+    ) in wrong.out
+    assert "1 mismatches in 1 runs" in wrong.out
