@@ -302,6 +302,16 @@ async def _drain_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -
     await read_to_end(consumer, tps, batch_ms=_POLL_MS)
 
 
+async def _listed_at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    """True when ListOffsets (the last stable offset under read_committed) says every
+    position is at its partition's end already (see `read_to_end` on Tansu)."""
+    ends = await consumer.end_offsets(tps)
+    for tp in tps:
+        if await consumer.position(tp) < ends[tp]:
+            return False
+    return True
+
+
 async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
     for tp in tps:
         end = visible_end(consumer, tp)
@@ -800,6 +810,12 @@ class Client:
             if offset is None:
                 yield None
             news = True  # anything read since the last "caught up" marker
+            if await _listed_at_end(consumer, tps):
+                # Nothing to fetch: a fetch would only wait out fetch_max_wait_ms.
+                if stop_at_end:
+                    return
+                news = False
+                yield None
             while True:
                 batches = await consumer.getmany(*tps, timeout_ms=_POLL_MS)
                 for tp, records in batches.items():
