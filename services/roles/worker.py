@@ -117,9 +117,12 @@ class _Job:
     """Commands partition of the flow run: where its proposals go."""
     offset: Pending
     fresh: bool = False
+    """Written after this worker's first fetch of the partition: nobody else had it."""
     claim: Outgoing | None = None
     """An unawaited claim of this job that the broker has not acknowledged yet."""
-    """Written after this worker's first fetch of the partition: nobody else had it."""
+    beating: bool = False
+    """Its claim is queued: heartbeats may follow it (one sent before the claim would
+    reach the ledger while the run is still Submitted, and be refused)."""
     work: WorkItem | None = None
     unacked: int = 0
     """Records of this job queued but not acknowledged by the broker yet."""
@@ -516,7 +519,7 @@ class Worker:
         if unawaited:
             assert job.claim is not None
             self.stats.claims_unawaited += 1
-            self._hand_over(self._enqueue, job, job.claim)
+            self._hand_over(self._enqueue_claim, job, job.claim)
             return None
         waiter: concurrent.futures.Future[list[Event]] = concurrent.futures.Future()
         self._claims[command.event_id] = waiter  # before sending: never miss the answer
@@ -607,9 +610,13 @@ class Worker:
             return
         self._outbox.put(record, partial(self._acked, job, record))
 
+    def _enqueue_claim(self, job: _Job, record: Outgoing) -> None:
+        job.beating = True  # on the event loop, as the heartbeat loop: no race
+        self._enqueue(job, record)
+
     def _send_awaited_claim(self, job: _Job, record: Outgoing) -> None:
         if self._tail_live:
-            self._enqueue(job, record)
+            self._enqueue_claim(job, record)
             return
         task = asyncio.get_running_loop().create_task(self._send_after_tail(job, record))
         self._background.add(task)
@@ -619,7 +626,7 @@ class Worker:
         if self._tail_resuming is None:
             self._tail_resuming = asyncio.ensure_future(self._resume_tail())
         await asyncio.shield(self._tail_resuming)
-        self._enqueue(job, record)
+        self._enqueue_claim(job, record)
 
     async def _assign_tail(self, tail: AIOKafkaConsumer, partitions: Iterable[int]) -> None:
         # The partitions come from the producer's metadata, which waits for the topic:
@@ -677,6 +684,8 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             for (task_run_id, _attempt), job in list(self._running.items()):
+                if not job.beating:
+                    continue  # its claim waits for the ledger tail: it goes first
                 work, partition = job.work, job.partition
                 assert work is not None
                 beat = HeartbeatSent(
