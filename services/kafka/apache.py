@@ -45,6 +45,7 @@ __all__ = [
     "JavaRuntime",
     "KafkaBroker",
     "KafkaJars",
+    "cluster_id",
     "default_cache_dir",
     "find_java",
     "find_maven",
@@ -215,9 +216,16 @@ class KafkaJars:
 # ------------------------------------------------------------------------- broker
 
 
-def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one starting with "-": the storage tool would take it for an option, and
+    Kafka's own `Uuid.randomUuid` draws again in that case too.
+    """
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
@@ -372,8 +380,7 @@ class KafkaBroker(BrokerProcess):
             f"-Dlog4j2.configurationFile={self.storage / 'log4j2.xml'}",
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            _cluster_id(),
+            f"--cluster-id={cluster_id()}",
             "--config",
             str(self.storage / "server.properties"),
         ]
