@@ -79,18 +79,8 @@ class Roles:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            RUNLEDGER_BROKERS=s.brokers,
-            RUNLEDGER_TOPIC_PREFIX=s.topic_prefix,
-            RUNLEDGER_APP_ID=s.app_id,
-            RUNLEDGER_DATA_DIR=str(s.data_dir),
-            RUNLEDGER_WEB_PORT=str(s.web_port),
-            RUNLEDGER_SESSION_TIMEOUT_MS=str(s.session_timeout_ms),
-            RUNLEDGER_PARTITIONS=str(s.partitions),
-        )
+        env.update(self.settings.environment(), PYTHONPATH=str(REPO))
         return env
 
     def start(self, role: str, *extra: str) -> float:

@@ -66,19 +66,8 @@ class Cast:
     started = 0
 
     def env(self) -> dict[str, str]:
-        s = self.settings
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLEDGER_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            RUNLEDGER_BROKERS=s.brokers,
-            RUNLEDGER_TOPIC_PREFIX=s.topic_prefix,
-            RUNLEDGER_APP_ID=s.app_id,
-            RUNLEDGER_DATA_DIR=str(s.data_dir),
-            RUNLEDGER_SESSION_TIMEOUT_MS=str(s.session_timeout_ms),
-            RUNLEDGER_HEARTBEAT_INTERVAL_S=str(s.heartbeat_interval_s),
-            RUNLEDGER_HEARTBEAT_TIMEOUT_S=str(s.heartbeat_timeout_s),
-            RUNLEDGER_PROCESSING_GUARANTEE=s.processing_guarantee,
-        )
+        env.update(self.settings.environment(), PYTHONPATH=str(REPO))
         return env
 
     def spawn(self, *roles: str) -> subprocess.Popen[bytes]:

@@ -349,6 +349,24 @@ class Settings(BaseSettings):
         the ledger writes transactions (an aborted write must never be seen)."""
         return "read_committed" if self.exactly_once else "read_uncommitted"
 
+    def environment(self) -> dict[str, str]:
+        """Every setting as the ``RUNLEDGER_*`` variables that give it back to a child
+        process (lists comma-separated, secrets in clear: the child needs them).
+        Unset optional settings are left out, so the child keeps their defaults."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"RUNLEDGER_{name.upper()}"] = str(value)
+        return env
+
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka clients (producer, consumer, admin).
 

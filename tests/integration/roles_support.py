@@ -249,16 +249,7 @@ def idle(view: FlowRunView) -> bool:
 def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a role subprocess: RUNLEDGER_* from `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNLEDGER_")}
-    env.update(
-        PYTHONPATH=str(REPO_ROOT),
-        RUNLEDGER_BROKERS=settings.brokers,
-        RUNLEDGER_TOPIC_PREFIX=settings.topic_prefix,
-        RUNLEDGER_APP_ID=settings.app_id,
-        RUNLEDGER_DATA_DIR=str(settings.data_dir),
-        RUNLEDGER_SESSION_TIMEOUT_MS=str(settings.session_timeout_ms),
-        RUNLEDGER_FETCH_MAX_WAIT_MS=str(settings.fetch_max_wait_ms),
-        RUNLEDGER_PARTITIONS=str(settings.partitions),
-    )
+    env.update(settings.environment(), PYTHONPATH=str(REPO_ROOT))
     env.update(extra)
     return env
 

@@ -6,7 +6,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from services.settings import Settings
 
@@ -275,3 +275,25 @@ def test_pickled_flow_schemes_default_to_file_and_memory(monkeypatch: pytest.Mon
     assert Settings().pickled_flow_schemes == ["file", "memory"]
     monkeypatch.setenv("RUNLEDGER_PICKLED_FLOW_SCHEMES", "file,S3")
     assert Settings().pickled_flow_schemes == ["file", "s3"]
+
+
+def test_environment_gives_every_setting_back_to_a_child_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Settings built from `environment()` equal the originals, lists and secrets included."""
+    original = Settings(
+        brokers="kafka-1:9092,kafka-2:9093",
+        data_dir=tmp_path,
+        flow_allowlist=["examples", "myteam.flows"],
+        signing_key=SecretStr("s3cret"),
+        worker_await_claims=True,
+        heartbeat_interval_s=0.5,
+        processing_guarantee="at_least_once",
+    )
+    env = original.environment()
+    assert env["RUNLEDGER_FLOW_ALLOWLIST"] == "examples,myteam.flows"
+    assert env["RUNLEDGER_SIGNING_KEY"] == "s3cret"
+    assert "RUNLEDGER_SASL_PASSWORD" not in env  # unset: the child keeps the default
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
